@@ -1,0 +1,281 @@
+//! Decode one `nf_conn`, decide whether the peer must hear about it, emit the event.
+//!
+//! The BPF stack is 512 bytes: the `nf_conn` is copied into a per-CPU scratch map and
+//! the event is written in place into the ring-buffer reservation.
+
+use aya_ebpf::{
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    helpers::{bpf_jiffies64, bpf_ktime_get_ns, bpf_probe_read_kernel_buf},
+};
+use ha_common::{
+    ABSENT, CT_COPY_MAX, CtEvent, CtSeen, CtTuple, STATUS_CONFIRMED, STATUS_REPLICATED, counter,
+    has, kind,
+};
+
+use crate::{
+    maps::{EVENTS, SCRATCH, SEEN, WAKE, count},
+    may_report, read, rodata,
+};
+
+const COPY: usize = CT_COPY_MAX as usize;
+const IPS_DYING: u32 = 1 << 9;
+const IPS_TEMPLATE: u32 = 1 << 11;
+/// `IP_CT_TCP_FLAG_WINDOW_SCALE | IP_CT_TCP_FLAG_SACK_PERM`: the flags pickup needs;
+/// the others (data unacknowledged, max ack set, ...) flip on ordinary packets.
+const TCP_FLAGS_REPLICATED: u8 = 0x01 | 0x02;
+/// Size of one ring-buffer record: 8-byte header + the event.
+const RECORD_BYTES: u64 = 8 + core::mem::size_of::<CtEvent>() as u64;
+/// Offset of `dst.protonum` inside `struct nf_conntrack_tuple` (checked by the agent).
+const TUPLE_PROTONUM: u32 = 38;
+
+/// Reads a naturally aligned scalar of the copied `nf_conn`; [`ABSENT`] or an
+/// out-of-range offset reads as zero. The agent rejects misaligned offsets at load.
+#[inline(always)]
+fn at<T: Copy + Default>(buf: &[u8; COPY], off: u32) -> T {
+    let off = off as usize;
+    if off >= COPY || off + core::mem::size_of::<T>() > COPY {
+        return T::default();
+    }
+    // SAFETY: in bounds (checked above); aligned (offsets validated by the agent, the
+    // buffer is 8-aligned).
+    unsafe { core::ptr::read(buf.as_ptr().add(off) as *const T) }
+}
+
+/// Copies a tuple from the copied `nf_conn` straight into the event (no stack copy).
+#[inline(always)]
+fn copy_tuple(buf: &[u8; COPY], off: u32, dst: *mut CtTuple) {
+    let size = core::mem::size_of::<CtTuple>();
+    let off = off as usize;
+    if off >= COPY || off + size > COPY {
+        // SAFETY: `dst` is a field of the reserved record.
+        unsafe { dst.write_bytes(0, 1) };
+        return;
+    }
+    // SAFETY: source in bounds (checked above); `dst` is a field of the reserved record.
+    unsafe { core::ptr::copy_nonoverlapping(buf.as_ptr().add(off), dst as *mut u8, size) };
+}
+
+/// `base + off` unless either is [`ABSENT`].
+#[inline(always)]
+fn rel(base: u32, off: u32) -> u32 {
+    if base == ABSENT || off == ABSENT {
+        ABSENT
+    } else {
+        base + off
+    }
+}
+
+/// The 128 conntrack label bits, when this entry has the labels extension.
+#[inline(always)]
+fn labels(buf: &[u8; COPY]) -> Option<[u8; 16]> {
+    let slot = rodata!(LAYOUT.ext_labels_slot);
+    let bits = rodata!(LAYOUT.labels_bits);
+    if slot == ABSENT || bits == ABSENT {
+        return None;
+    }
+    let ext: u64 = at(buf, rodata!(LAYOUT.ct_ext));
+    if ext == 0 {
+        return None;
+    }
+    let off: u8 = read(ext + slot as u64).ok()?;
+    if off == 0 {
+        return None;
+    }
+    read(ext + off as u64 + bits as u64).ok()
+}
+
+#[inline(always)]
+fn labels_sum(labels: &[u8; 16]) -> u32 {
+    let mut sum = 0u32;
+    let mut i = 0;
+    while i < 16 {
+        sum = sum.rotate_left(5) ^ labels[i] as u32;
+        i += 1;
+    }
+    sum
+}
+
+/// Protocol state (TCP, SCTP, DCCP) of the copied entry.
+#[inline(always)]
+fn proto_state(buf: &[u8; COPY], protonum: u8) -> u8 {
+    let base = rodata!(LAYOUT.ct_proto);
+    let off = match protonum {
+        6 => rodata!(LAYOUT.tcp_state),
+        132 => rodata!(LAYOUT.sctp_state),
+        33 => rodata!(LAYOUT.dccp_state),
+        _ => return 0,
+    };
+    at(buf, rel(base, off))
+}
+
+/// Reports the entry at `ct` if the peer must hear about it.
+#[inline(always)]
+pub fn report(ct: u64, hook: u8) -> Result<(), ()> {
+    let scratch = SCRATCH.get_ptr_mut(0).ok_or(())?;
+    // SAFETY: per-CPU map value, exclusively ours while the program runs.
+    let buf = unsafe { &mut (*scratch).0 };
+    let size = rodata!(LAYOUT.ct_size) as usize;
+    if size == 0 || size > COPY {
+        return Err(());
+    }
+    // SAFETY: probe reads fault safely.
+    if unsafe { bpf_probe_read_kernel_buf(ct as *const u8, &mut buf[..size]) }.is_err() {
+        count(counter::READ_ERROR);
+        return Err(());
+    }
+    let status: u32 = at(buf, rodata!(LAYOUT.ct_status));
+    if status & (IPS_DYING | IPS_TEMPLATE) != 0
+        || !may_report(status, hook, rodata!(TUNING.new_hooks))
+    {
+        count(counter::SKIPPED_UNCONFIRMED);
+        return Ok(());
+    }
+    let confirmed = status & STATUS_CONFIRMED != 0;
+
+    // Before confirmation ct->timeout is relative; afterwards an absolute jiffies deadline.
+    // SAFETY: plain helper call.
+    let now_j = unsafe { bpf_jiffies64() } as u32;
+    let raw_timeout: u32 = at(buf, rodata!(LAYOUT.ct_timeout));
+    let (remaining, deadline) = if confirmed {
+        let left = raw_timeout.wrapping_sub(now_j) as i32;
+        (if left > 0 { left as u32 } else { 0 }, raw_timeout)
+    } else {
+        (raw_timeout, now_j.wrapping_add(raw_timeout))
+    };
+
+    let tuple_orig = rodata!(LAYOUT.ct_tuple_orig);
+    let protonum: u8 = at(buf, rel(tuple_orig, TUPLE_PROTONUM));
+    let state = proto_state(buf, protonum);
+    let (mut flag0, mut flag1) = (0u8, 0u8);
+    if protonum == 6 {
+        let base = rodata!(LAYOUT.ct_proto);
+        flag0 = at(buf, rel(base, rodata!(LAYOUT.tcp_flags[0])));
+        flag1 = at(buf, rel(base, rodata!(LAYOUT.tcp_flags[1])));
+    }
+    let mark: u32 = at(buf, rodata!(LAYOUT.ct_mark));
+    let labels = labels(buf);
+    let seen = CtSeen {
+        status: status & STATUS_REPLICATED,
+        mark,
+        deadline,
+        half_life: remaining / 2,
+        proto_state: state,
+        tcp_scale_flags: (flag0 & TCP_FLAGS_REPLICATED) | ((flag1 & TCP_FLAGS_REPLICATED) << 2),
+        _pad: [0; 2],
+        labels_sum: match &labels {
+            Some(l) => labels_sum(l),
+            None => 0,
+        },
+    };
+
+    let ev_kind = if !confirmed {
+        kind::NEW
+    } else {
+        // SAFETY: the value is copied out before any other map operation.
+        match unsafe { SEEN.get(&ct) } {
+            Some(prev) => {
+                let same = prev.status == seen.status
+                    && prev.mark == seen.mark
+                    && prev.proto_state == seen.proto_state
+                    && prev.tcp_scale_flags == seen.tcp_scale_flags
+                    && prev.labels_sum == seen.labels_sum;
+                if !same {
+                    kind::UPDATE
+                } else if deadline.wrapping_sub(prev.deadline) as i32 > prev.half_life as i32 {
+                    kind::REFRESH
+                } else {
+                    return Ok(());
+                }
+            }
+            // Not known (agent restarted, or evicted): report it; the peer upserts.
+            None => kind::UPDATE,
+        }
+    };
+
+    let Some(mut entry) = EVENTS.reserve::<CtEvent>(0) else {
+        // Dropped. SEEN is left as it was, so the next packet of this entry retries;
+        // the agent sees the counter and repairs the rest by resync.
+        count(counter::RINGBUF_FULL);
+        return Err(());
+    };
+    // SAFETY: plain helper call.
+    let now_ns = unsafe { bpf_ktime_get_ns() };
+    let ev = entry.as_mut_ptr();
+    let zone = rodata!(LAYOUT.ct_zone);
+    let mark_off = rodata!(LAYOUT.ct_mark);
+    let tuple_reply = rodata!(LAYOUT.ct_tuple_reply);
+    let base = rodata!(LAYOUT.ct_proto);
+    let (scale0, scale1) = (rodata!(LAYOUT.tcp_scale[0]), rodata!(LAYOUT.tcp_scale[1]));
+    let (vtag0, vtag1) = (rodata!(LAYOUT.sctp_vtag[0]), rodata!(LAYOUT.sctp_vtag[1]));
+    // SAFETY: `ev` points at the reserved, exclusively owned record; every field is
+    // written before submit.
+    unsafe {
+        copy_tuple(buf, tuple_orig, &raw mut (*ev).orig);
+        copy_tuple(buf, tuple_reply, &raw mut (*ev).reply);
+        (*ev).status = status;
+        (*ev).timeout = remaining;
+        (*ev).mark = mark;
+        (*ev).zone_id = at(buf, zone);
+        (*ev).zone_flags = at(buf, rel(zone, 2));
+        (*ev).zone_dir = at(buf, rel(zone, 3));
+        (*ev).kind = ev_kind;
+        (*ev).proto_state = state;
+        (*ev).tcp_flags = [flag0, flag1];
+        (*ev).tcp_wscale = [0; 2];
+        (*ev).sctp_vtag = [0; 2];
+        if protonum == 6 {
+            (*ev).tcp_wscale = [at(buf, rel(base, scale0)), at(buf, rel(base, scale1))];
+        } else if protonum == 132 {
+            (*ev).sctp_vtag = [at(buf, rel(base, vtag0)), at(buf, rel(base, vtag1))];
+        }
+        let mut present = 0;
+        if mark_off != ABSENT {
+            present |= has::MARK;
+        }
+        if zone != ABSENT {
+            present |= has::ZONE;
+        }
+        (*ev).labels = [0; 16];
+        if let Some(bits) = labels {
+            present |= has::LABELS;
+            (*ev).labels = bits;
+        }
+        (*ev).has = present;
+        (*ev).hook = hook;
+        (*ev).ts_ns = now_ns;
+    }
+    entry.submit(wake_flags(now_ns));
+    let _ = SEEN.insert(&ct, &seen, 0);
+    count(match ev_kind {
+        kind::NEW => counter::NEW,
+        kind::UPDATE => counter::UPDATE,
+        _ => counter::REFRESH,
+    });
+    Ok(())
+}
+
+/// Adaptive wake-up. The kernel's default wakes the reader for every record it finds
+/// caught up, which under a steady stream means one wake-up per event (in the prototype
+/// that halved the kernel's new-connection rate). Here a caught-up reader is woken at
+/// once if the last forced wake-up is at least `wakeup_min_gap_ns` old; otherwise the
+/// record waits for the reader's own drain timer, which it keeps armed (for longer than
+/// the gap) while events keep coming. An idle reader is therefore woken immediately.
+#[inline(always)]
+fn wake_flags(now_ns: u64) -> u64 {
+    if EVENTS.query(BPF_RB_AVAIL_DATA as u64) > RECORD_BYTES {
+        // The reader has not caught up: it is awake, or its drain timer is armed.
+        return BPF_RB_NO_WAKEUP as u64;
+    }
+    let Some(last) = WAKE.get_ptr_mut(0) else {
+        return BPF_RB_FORCE_WAKEUP as u64;
+    };
+    // SAFETY: map value pointer; racing CPUs at worst both wake the reader.
+    let prev = unsafe { *last };
+    if now_ns.wrapping_sub(prev) >= rodata!(TUNING.wakeup_min_gap_ns) {
+        unsafe { *last = now_ns };
+        count(counter::WAKEUPS);
+        BPF_RB_FORCE_WAKEUP as u64
+    } else {
+        BPF_RB_NO_WAKEUP as u64
+    }
+}

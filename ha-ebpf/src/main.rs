@@ -1,0 +1,89 @@
+#![no_std]
+#![no_main]
+//! hasync's kernel side: a BPF_PROG_TYPE_NETFILTER program attached (per network
+//! namespace) at LOCAL_IN, FORWARD and POST_ROUTING just before conntrack confirms.
+//!
+//! For every packet that carries a conntrack entry it copies the `nf_conn`, decides
+//! whether the peer must hear about it (new entry, replicated state changed, or the
+//! timeout grew past what the peer was told), and writes a `CtEvent` into the ring
+//! buffer. Everything that depends on the kernel's struct layout comes from the
+//! `LAYOUT` global, filled from BTF by the agent at load time.
+//!
+//! aya-ebpf has no netfilter program type: the function sits in a section aya-obj can
+//! parse ("classifier") and the agent loads it as NETFILTER itself
+//! (`ha-user/src/capture/loader.rs`).
+
+mod conn;
+mod maps;
+
+use aya_ebpf::helpers::bpf_probe_read_kernel;
+use ha_common::{STATUS_CONFIRMED, counter};
+
+use crate::maps::count;
+
+/// `struct bpf_nf_ctx`: the verifier rewrites loads of these two pointer fields.
+#[repr(C)]
+pub struct BpfNfCtx {
+    state: u64,
+    skb: u64,
+}
+
+const NF_ACCEPT: i32 = 1;
+
+/// The hook: never changes the verdict; all work is best effort and counted.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "classifier")]
+pub extern "C" fn hasync_nf_hook(ctx: *mut BpfNfCtx) -> i32 {
+    count(counter::CALLS);
+    let _ = observe(ctx);
+    NF_ACCEPT
+}
+
+/// Reads the packet's conntrack entry and hands it to [`conn::report`].
+#[inline(always)]
+fn observe(ctx: *mut BpfNfCtx) -> Result<(), ()> {
+    if rodata!(LAYOUT.ready) == 0 {
+        return Ok(());
+    }
+    // SAFETY: the kernel passes a valid context; both loads are rewritten by the verifier.
+    let (state, skb) = unsafe { ((*ctx).state, (*ctx).skb) };
+    let nfct: u64 = read(skb + rodata!(LAYOUT.skb_nfct) as u64)?;
+    // skb->_nfct holds the nf_conn pointer with ctinfo in the low 3 bits (NFCT_PTRMASK).
+    let ct = nfct & !7u64;
+    if ct == 0 {
+        return Ok(());
+    }
+    count(counter::WITH_CT);
+    let hook: u8 = read(state + rodata!(LAYOUT.state_hook) as u64)?;
+    conn::report(ct, hook)
+}
+
+/// `bpf_probe_read_kernel` of a kernel address, counting failures.
+#[inline(always)]
+fn read<T>(addr: u64) -> Result<T, ()> {
+    // SAFETY: probe reads fault safely; a bad address only returns an error.
+    match unsafe { bpf_probe_read_kernel(addr as *const T) } {
+        Ok(v) => Ok(v),
+        Err(_) => {
+            count(counter::READ_ERROR);
+            Err(())
+        }
+    }
+}
+
+/// Whether the hook may report an entry conntrack has not confirmed yet. Confirmation
+/// (and source NAT) happens after FORWARD, so FORWARD only reports confirmed entries.
+#[inline(always)]
+fn may_report(status: u32, hook: u8, new_hooks: u32) -> bool {
+    status & STATUS_CONFIRMED != 0 || (hook < 32 && new_hooks & (1 << hook) != 0)
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

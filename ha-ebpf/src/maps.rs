@@ -1,0 +1,80 @@
+//! Maps and `.rodata` globals shared with the agent (names in `ha_common::names`).
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
+};
+use ha_common::{CT_COPY_MAX, CaptureTuning, CtSeen, KernelLayout, counter};
+
+/// Events for the agent. The agent resizes it at load time (`ring_buffer_size`).
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(16 << 20, 0);
+
+/// Dedup state keyed by `nf_conn` address. The agent sizes it; an evicted entry only
+/// costs one extra (idempotent) event on its next packet.
+#[map]
+pub static SEEN: LruHashMap<u64, CtSeen> = LruHashMap::with_max_entries(262_144, 0);
+
+#[map]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+/// Per-CPU copy of the `nf_conn`: too large for the 512-byte BPF stack.
+#[repr(C, align(8))]
+pub struct Scratch(pub [u8; CT_COPY_MAX as usize]);
+
+#[map]
+pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// `[0]`: `bpf_ktime_get_ns()` of the last wake-up the program forced.
+#[map]
+pub static WAKE: Array<u64> = Array::with_max_entries(1, 0);
+
+/// Filled by the agent from BTF (`EbpfLoader::override_global`); frozen read-only, so
+/// the verifier sees every offset as a constant and can bound the reads.
+#[unsafe(no_mangle)]
+pub static LAYOUT: KernelLayout = KernelLayout {
+    state_hook: 0,
+    skb_nfct: 0,
+    ct_size: 0,
+    ct_status: 0,
+    ct_timeout: 0,
+    ct_tuple_orig: 0,
+    ct_tuple_reply: 0,
+    ct_mark: 0,
+    ct_zone: 0,
+    ct_ext: 0,
+    ct_proto: 0,
+    tcp_state: 0,
+    tcp_scale: [0; 2],
+    tcp_flags: [0; 2],
+    sctp_state: 0,
+    sctp_vtag: [0; 2],
+    dccp_state: 0,
+    ext_labels_slot: 0,
+    labels_bits: 0,
+    ready: 0,
+};
+
+#[unsafe(no_mangle)]
+pub static TUNING: CaptureTuning = CaptureTuning {
+    wakeup_min_gap_ns: 0,
+    new_hooks: 0,
+    _pad: 0,
+};
+
+/// Reads one field of a global the agent overrode: volatile, so the compiler cannot
+/// fold the compile-time placeholder into the code, and field by field, so the struct
+/// is never copied onto the 512-byte stack.
+#[macro_export]
+macro_rules! rodata {
+    ($global:ident . $($field:tt)+) => {
+        unsafe { core::ptr::read_volatile(&$crate::maps::$global.$($field)+) }
+    };
+}
+
+#[inline(always)]
+pub fn count(idx: u32) {
+    if let Some(p) = COUNTERS.get_ptr_mut(idx) {
+        unsafe { *p += 1 }
+    }
+}

@@ -1,0 +1,7 @@
+//! hasync: conntrack state synchronisation and high availability for Linux firewalls.
+//!
+//! The event path, by folder:
+//! `capture` (eBPF program + ring buffer) -> `sync` (batch, frame, authenticate, UDP)
+//! -> peer's `sync` (verify, decode) -> peer's `kernel` (ctnetlink install).
+
+pub mod conntrack;
