@@ -1,0 +1,1 @@
+//! Configuration: the HCL `replication { ... }` schema, loading with line/column errors, validation.

@@ -1,0 +1,1 @@
+//! ctnetlink: conntrack entries in and out of the kernel table.

@@ -1,0 +1,3 @@
+//! Everything that talks to the kernel besides the eBPF program.
+
+pub mod ctnetlink;

@@ -1,0 +1,1 @@
+//! Replication: the I/O-free protocol core (framing, authentication, sequencing) and its UDP transport.
