@@ -162,8 +162,8 @@ impl NetNs {
     pub fn enable_conntrack(&self) -> Result<()> {
         self.nft(
             "table inet testkit {\n\
-               chain pre { type filter hook prerouting priority 0; ct state new counter accept; }\n\
-               chain out { type filter hook output priority 0; ct state new counter accept; }\n\
+               chain pre {\n type filter hook prerouting priority 0\n ct state new counter accept\n }\n\
+               chain out {\n type filter hook output priority 0\n ct state new counter accept\n }\n\
              }\n",
         )
     }

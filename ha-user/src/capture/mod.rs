@@ -1,0 +1,225 @@
+//! Capture: the eBPF netfilter program, its loader, and the ring-buffer reader.
+//!
+//! [`Capture::start`] reads struct offsets from BTF ([`btf`]), loads the embedded
+//! object with them ([`loader`]), attaches it at the configured hooks of the calling
+//! thread's network namespace, and then [`Capture::drain`] turns ring-buffer records
+//! into [`Change`]s ([`event`]).
+
+pub mod btf;
+pub mod event;
+pub mod hz;
+pub mod loader;
+
+use std::{
+    os::fd::{AsRawFd, OwnedFd, RawFd},
+    time::Duration,
+};
+
+use aya::{
+    EbpfLoader,
+    maps::{MapData, PerCpuArray, RingBuf},
+};
+use ha_common::{CaptureTuning, counter, names};
+
+use crate::conntrack::Change;
+pub use event::BadEvent;
+
+/// The eBPF object built by `build.rs` (empty when built with AYA_BUILD_SKIP).
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/hasync-ebpf"));
+
+/// Where and how to capture.
+#[derive(Debug, Clone)]
+pub struct CaptureConfig {
+    /// Ring-buffer size in bytes (power of two, multiple of the page size).
+    pub ring_buffer_size: u32,
+    /// Entries of the in-kernel dedup table.
+    pub dedup_table_size: u32,
+    /// Minimum gap between two wake-ups the program forces (see the program's
+    /// `wake_flags`); the reader's drain timer must be longer.
+    pub wakeup_min_gap: Duration,
+    /// Netfilter hook priority.
+    pub priority: i32,
+    /// `(family, hook)` pairs to attach to.
+    pub hooks: Vec<(u32, u32)>,
+}
+
+impl Default for CaptureConfig {
+    fn default() -> Self {
+        let mut hooks = Vec::new();
+        for pf in [loader::NFPROTO_IPV4, loader::NFPROTO_IPV6] {
+            for hook in [
+                loader::NF_INET_LOCAL_IN,
+                loader::NF_INET_FORWARD,
+                loader::NF_INET_POST_ROUTING,
+            ] {
+                hooks.push((pf, hook));
+            }
+        }
+        CaptureConfig {
+            ring_buffer_size: 16 << 20,
+            dedup_table_size: 262_144,
+            wakeup_min_gap: Duration::from_micros(50),
+            priority: loader::DEFAULT_PRIORITY,
+            hooks,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    #[error(
+        "this hasync binary was built without its eBPF program (AYA_BUILD_SKIP); rebuild it normally"
+    )]
+    NoProgram,
+    #[error(transparent)]
+    Layout(#[from] btf::LayoutError),
+    #[error(transparent)]
+    Hz(#[from] hz::HzError),
+    #[error("loading the eBPF object: {0}")]
+    Load(String),
+    #[error(transparent)]
+    Loader(#[from] loader::LoaderError),
+    #[error("eBPF map `{0}`: {1}")]
+    Map(&'static str, String),
+    #[error("invalid capture setting: {0}")]
+    Config(String),
+}
+
+/// Counters kept by the program (summed over CPUs).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProgramCounters {
+    pub calls: u64,
+    pub with_ct: u64,
+    pub new: u64,
+    pub update: u64,
+    pub refresh: u64,
+    /// Events lost because the ring buffer was full.
+    pub ringbuf_full: u64,
+    pub read_error: u64,
+    pub wakeups: u64,
+    pub skipped: u64,
+}
+
+/// A loaded and attached capture program.
+pub struct Capture {
+    ring: RingBuf<MapData>,
+    counters: PerCpuArray<MapData, u64>,
+    hz: u32,
+    /// Optional kernel fields this kernel lacks (logged at start).
+    pub missing_fields: Vec<String>,
+    /// Records that could not be decoded.
+    pub bad_events: u64,
+    // Dropping these detaches the program; `_ebpf` owns the maps.
+    _links: Vec<OwnedFd>,
+    _prog: OwnedFd,
+    _ebpf: aya::Ebpf,
+}
+
+impl Capture {
+    /// Loads the program and attaches it in the calling thread's network namespace.
+    pub fn start(cfg: &CaptureConfig) -> Result<Capture, CaptureError> {
+        if EBPF_OBJECT.is_empty() {
+            return Err(CaptureError::NoProgram);
+        }
+        if !cfg.ring_buffer_size.is_power_of_two() || cfg.ring_buffer_size < 4096 {
+            return Err(CaptureError::Config(format!(
+                "ring_buffer_size {} must be a power of two >= 4096",
+                cfg.ring_buffer_size
+            )));
+        }
+        let layout = btf::kernel_layout()?;
+        let hz = hz::kernel_hz()?;
+        let tuning = CaptureTuning {
+            wakeup_min_gap_ns: cfg.wakeup_min_gap.as_nanos() as u64,
+            new_hooks: (1 << loader::NF_INET_LOCAL_IN) | (1 << loader::NF_INET_POST_ROUTING),
+            _pad: 0,
+        };
+        let mut ebpf = EbpfLoader::new()
+            .override_global(names::LAYOUT, &layout.kernel, true)
+            .override_global(names::TUNING, &tuning, true)
+            .map_max_entries(names::EVENTS, cfg.ring_buffer_size)
+            .map_max_entries(names::SEEN, cfg.dedup_table_size.max(1024))
+            .load(EBPF_OBJECT)
+            .map_err(|e| CaptureError::Load(e.to_string()))?;
+        let prog = loader::load_netfilter(&ebpf, EBPF_OBJECT, names::PROGRAM)?;
+        let links = cfg
+            .hooks
+            .iter()
+            .map(|(pf, hook)| loader::attach_netfilter(&prog, *pf, *hook, cfg.priority))
+            .collect::<Result<Vec<_>, _>>()?;
+        let ring = take_map(&mut ebpf, names::EVENTS, |m| RingBuf::try_from(m))?;
+        let counters = take_map(&mut ebpf, names::COUNTERS, |m| PerCpuArray::try_from(m))?;
+        Ok(Capture {
+            ring,
+            counters,
+            hz,
+            missing_fields: layout.missing,
+            bad_events: 0,
+            _links: links,
+            _prog: prog,
+            _ebpf: ebpf,
+        })
+    }
+
+    /// The kernel's tick rate used to convert timeouts.
+    pub fn hz(&self) -> u32 {
+        self.hz
+    }
+
+    /// Hands up to `max` pending events to `f` (with the kernel timestamp,
+    /// CLOCK_MONOTONIC ns) and returns how many were read.
+    pub fn drain(&mut self, max: usize, mut f: impl FnMut(Change, u64)) -> usize {
+        let mut n = 0;
+        while n < max {
+            let Some(item) = self.ring.next() else { break };
+            n += 1;
+            match event::parse_record(&item)
+                .and_then(|ev| Ok((event::to_change(&ev, self.hz)?, ev.ts_ns)))
+            {
+                Ok((change, ts)) => f(change, ts),
+                Err(_) => self.bad_events += 1,
+            }
+        }
+        n
+    }
+
+    /// The program's counters, summed over CPUs.
+    pub fn counters(&self) -> Result<ProgramCounters, CaptureError> {
+        let sum = |idx: u32| -> Result<u64, CaptureError> {
+            let per_cpu = self
+                .counters
+                .get(&idx, 0)
+                .map_err(|e| CaptureError::Map(names::COUNTERS, e.to_string()))?;
+            Ok(per_cpu.iter().sum())
+        };
+        Ok(ProgramCounters {
+            calls: sum(counter::CALLS)?,
+            with_ct: sum(counter::WITH_CT)?,
+            new: sum(counter::NEW)?,
+            update: sum(counter::UPDATE)?,
+            refresh: sum(counter::REFRESH)?,
+            ringbuf_full: sum(counter::RINGBUF_FULL)?,
+            read_error: sum(counter::READ_ERROR)?,
+            wakeups: sum(counter::WAKEUPS)?,
+            skipped: sum(counter::SKIPPED_UNCONFIRMED)?,
+        })
+    }
+}
+
+impl AsRawFd for Capture {
+    /// The ring buffer's fd: readable when the program woke the reader.
+    fn as_raw_fd(&self) -> RawFd {
+        self.ring.as_raw_fd()
+    }
+}
+
+fn take_map<T, E: std::fmt::Display>(
+    ebpf: &mut aya::Ebpf,
+    name: &'static str,
+    convert: impl FnOnce(aya::maps::Map) -> Result<T, E>,
+) -> Result<T, CaptureError> {
+    let map = ebpf
+        .take_map(name)
+        .ok_or_else(|| CaptureError::Map(name, "not in the object".into()))?;
+    convert(map).map_err(|e| CaptureError::Map(name, e.to_string()))
+}
