@@ -8,4 +8,5 @@ pub mod capture;
 pub mod config;
 pub mod conntrack;
 pub mod kernel;
+pub mod metrics;
 pub mod sync;

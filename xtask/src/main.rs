@@ -1,1 +1,113 @@
-fn main() {}
+//! `cargo xtask <command>`: the project's entry points.
+//!
+//! Every command that needs the eBPF toolchain runs `setup` first when something is
+//! missing, so a fresh machine needs no manual step.
+
+mod setup;
+
+use std::process::Command;
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "hasync development tasks")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what the build and tests need (apt packages, pinned nightly, bpf-linker).
+    Setup,
+    /// Build the workspace (and the eBPF object through ha-user/build.rs).
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Lints (fmt, clippy) and every test, including the namespace tests (needs root).
+    Test {
+        /// Skip `cargo fmt --check` and `cargo clippy`.
+        #[arg(long)]
+        no_lint: bool,
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Build (release) and run the agent in the current network namespace.
+    Run {
+        #[arg(long, short)]
+        config: String,
+        /// Extra arguments for `hasync run`.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    std::env::set_current_dir(workspace_root()?)?;
+    match cli.cmd {
+        Cmd::Setup => setup::run(&[]),
+        Cmd::Build { release } => {
+            setup::ensure(&[])?;
+            cargo(&["build", "--workspace"], release)
+        }
+        Cmd::Test { no_lint, args } => test(no_lint, &args),
+        Cmd::Run { config, args } => {
+            setup::ensure(&[])?;
+            setup::require_root("load eBPF programs")?;
+            cargo(&["build", "--package", "ha-user", "--bin", "hasync"], true)?;
+            let mut cmd = Command::new("target/release/hasync");
+            cmd.args(["run", "--config", &config]).args(&args);
+            sh(&mut cmd)
+        }
+    }
+}
+
+fn test(no_lint: bool, args: &[String]) -> Result<()> {
+    setup::ensure(&[])?;
+    setup::require_root("run the namespace tests")?;
+    if !no_lint {
+        sh(Command::new("cargo").args(["fmt", "--all", "--", "--check"]))
+            .context("formatting differs: run `cargo fmt --all`")?;
+        sh(Command::new("cargo").args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]))?;
+    }
+    sh(Command::new("cargo")
+        .args(["test", "--workspace"])
+        .args(args))
+}
+
+fn cargo(args: &[&str], release: bool) -> Result<()> {
+    let mut cmd = Command::new("cargo");
+    cmd.args(args);
+    if release {
+        cmd.arg("--release");
+    }
+    sh(&mut cmd)
+}
+
+/// Runs a command with inherited stdio, failing on a non-zero exit.
+pub fn sh(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed ({status})");
+    }
+    Ok(())
+}
+
+fn workspace_root() -> Result<std::path::PathBuf> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    Ok(dir
+        .parent()
+        .context("xtask has no parent directory")?
+        .to_path_buf())
+}

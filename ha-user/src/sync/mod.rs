@@ -1,1 +1,2 @@
 //! Replication: the I/O-free protocol core (framing, authentication, sequencing) and its UDP transport.
+pub mod transport;
