@@ -18,6 +18,7 @@ use std::{
 };
 
 mod conntrack_cli;
+pub mod lab;
 
 pub use conntrack_cli::{CtLine, conntrack_count, conntrack_list};
 

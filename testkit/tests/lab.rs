@@ -1,0 +1,32 @@
+//! The lab topology forwards the client's traffic through fw-a with NAT, and the
+//! strict policy drops what it should.
+
+use testkit::lab::{CLIENT_IP, Lab, LabOptions, SERVER_IP, SERVER_IP6, WAN_VIP};
+
+#[test]
+fn client_reaches_server_through_fw_a_with_snat() {
+    let lab = Lab::new(&LabOptions {
+        prefix: "tl".into(),
+        ..Default::default()
+    })
+    .unwrap();
+    lab.client.exec("ping", ["-c1", "-W2", SERVER_IP]).unwrap();
+    lab.client
+        .exec("ping", ["-6", "-c1", "-W2", SERVER_IP6])
+        .unwrap();
+    let table = testkit::conntrack_list(&lab.fw_a.ns).unwrap();
+    let icmp = table
+        .iter()
+        .find(|l| l.has("type=8"))
+        .expect("icmp entry on fw-a");
+    assert!(
+        icmp.has(&format!("src={CLIENT_IP}")) && icmp.has(&format!("dst={WAN_VIP}")),
+        "{icmp:?}"
+    );
+    assert!(
+        testkit::conntrack_list(&lab.fw_b.ns).unwrap().is_empty(),
+        "fw-b carried nothing"
+    );
+    // The server cannot open connections towards the LAN.
+    assert!(lab.server.exec("ping", ["-c1", "-W1", CLIENT_IP]).is_err());
+}
