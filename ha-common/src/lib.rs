@@ -197,7 +197,7 @@ pub mod names {
 const _: () = assert!(core::mem::size_of::<CtTuple>() == 40);
 const _: () = assert!(core::mem::size_of::<CtEvent>() == 136);
 const _: () = assert!(core::mem::size_of::<CtSeen>() == 24);
-const _: () = assert!(core::mem::size_of::<KernelLayout>() % 4 == 0);
+const _: () = assert!(core::mem::size_of::<KernelLayout>().is_multiple_of(4));
 const _: () = assert!(core::mem::size_of::<CaptureTuning>() == 16);
 
 #[cfg(feature = "user")]

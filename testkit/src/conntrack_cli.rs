@@ -4,7 +4,7 @@
 use crate::{NetNs, Result};
 
 /// One entry of `conntrack -L -o extended`, normalised for comparison between nodes:
-/// the timeout and the per-node fields (`use=`, `id=`) are removed; tuples, state,
+/// the timeout and the per-node reference count (`use=`) are removed; tuples, state,
 /// flags (`[ASSURED]`, `[UNREPLIED]`), `mark=`, `zone=`, `labels=` stay.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct CtLine {
@@ -25,7 +25,8 @@ impl CtLine {
         let kept: Vec<&str> = fields
             .iter()
             .enumerate()
-            .filter(|(i, f)| *i != 4 && !f.starts_with("use=") && !f.starts_with("id="))
+            // `id=` stays: it is the ICMP id (we never ask for `-o id`).
+            .filter(|(i, f)| *i != 4 && !f.starts_with("use="))
             .map(|(_, f)| *f)
             .collect();
         Some(CtLine {
@@ -72,7 +73,7 @@ mod tests {
     fn normalises_extended_output() {
         let raw = "ipv4     2 tcp      6 99 ESTABLISHED src=10.0.0.1 dst=10.0.0.2 sport=1000 \
                    dport=80 src=10.0.0.2 dst=10.9.9.9 sport=80 dport=1000 [ASSURED] mark=5 \
-                   zone=7 use=1 id=488495058";
+                   zone=7 use=1";
         let l = CtLine::parse(raw).unwrap();
         assert_eq!(l.timeout, 99);
         assert_eq!(

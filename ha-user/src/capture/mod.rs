@@ -147,8 +147,8 @@ impl Capture {
             .iter()
             .map(|(pf, hook)| loader::attach_netfilter(&prog, *pf, *hook, cfg.priority))
             .collect::<Result<Vec<_>, _>>()?;
-        let ring = take_map(&mut ebpf, names::EVENTS, |m| RingBuf::try_from(m))?;
-        let counters = take_map(&mut ebpf, names::COUNTERS, |m| PerCpuArray::try_from(m))?;
+        let ring = take_map(&mut ebpf, names::EVENTS, RingBuf::try_from)?;
+        let counters = take_map(&mut ebpf, names::COUNTERS, PerCpuArray::try_from)?;
         Ok(Capture {
             ring,
             counters,

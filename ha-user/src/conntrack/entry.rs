@@ -169,7 +169,9 @@ pub enum ProtoInfo {
         wscale: [u8; 2],
         flags: [u8; 2],
     },
-    /// `enum sctp_conntrack` state and verification tags per direction.
+    /// `enum sctp_conntrack` state and verification tags per direction. The tags are
+    /// the kernel's `__be32` values copied as raw memory into a `u32`, so
+    /// `vtag[i].to_ne_bytes()` is network order.
     Sctp { state: u8, vtag: [u32; 2] },
     /// DCCP state.
     Dccp { state: u8 },

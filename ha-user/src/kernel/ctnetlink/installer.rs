@@ -1,0 +1,514 @@
+//! Installs replicated changes into the local conntrack table, in batches.
+//!
+//! One `sendmsg` carries thousands of requests; the kernel handles them in order before
+//! the call returns. Requests are sent without `NLM_F_ACK`: the kernel answers only
+//! failures, with an `NLMSG_ERROR` carrying the request's sequence number, which maps
+//! back to the change. Fallbacks (create ↔ update, update without status) go out in a
+//! further batch. Every outcome is counted; no kernel answer is fatal.
+
+use std::{collections::HashMap, io, mem};
+
+use crate::conntrack::{Change, Key};
+
+use super::{
+    CtnlError, RateLimit,
+    consts::{NETLINK_CAP_ACK, NETLINK_EXT_ACK, NLMSG_ERROR},
+    decode::{errno_name, parse_error},
+    encode::{EncodeOptions, MAX_MSG_LEN, encode_create, encode_delete, encode_update},
+    nla::{MsgIter, Writer},
+    socket::NlSocket,
+};
+
+/// Socket sizing and encoding policy for an [`Installer`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InstallerConfig {
+    /// Requested SO_SNDBUF. One `sendmsg` is limited by the socket's send buffer, so
+    /// this bounds the batch size (the kernel doubles the value; a batch uses it all).
+    pub sndbuf: usize,
+    /// Requested SO_RCVBUF. Failure replies queue here until read after the batch; it
+    /// bounds how many requests one batch may have (about 1 KiB of buffer each).
+    pub rcvbuf: usize,
+    /// Encoding policy (TCP liberal window tracking).
+    pub encode: EncodeOptions,
+}
+
+impl Default for InstallerConfig {
+    fn default() -> InstallerConfig {
+        InstallerConfig {
+            sndbuf: 4 << 20,
+            rcvbuf: 32 << 20,
+            encode: EncodeOptions::default(),
+        }
+    }
+}
+
+/// One request type the installer sends for a change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Op {
+    /// `NLM_F_CREATE|NLM_F_EXCL` with NAT attributes.
+    Create,
+    /// No create flag, no NAT attributes.
+    Update,
+    /// Update without CTA_STATUS (after EBUSY: the kernel will not clear
+    /// SEEN_REPLY/ASSURED).
+    UpdateNoStatus,
+    /// Original tuple and zone only.
+    Delete,
+}
+
+impl Op {
+    fn bit(self) -> u8 {
+        match self {
+            Op::Create => 1,
+            Op::Update => 2,
+            Op::UpdateNoStatus => 4,
+            Op::Delete => 8,
+        }
+    }
+}
+
+/// A change that finally failed: its index in the slice given to
+/// [`Installer::install`], the last request tried and the kernel's errno.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Failure {
+    /// Index into the `changes` slice.
+    pub index: usize,
+    /// The last request tried for it.
+    pub op: Op,
+    /// Positive errno (see [`errno_name`](super::errno_name)).
+    pub errno: i32,
+}
+
+/// Outcome counters: per [`Installer::install`] call (its return value) and cumulative
+/// ([`Installer::totals`]). Plain integers so the agent can export them as metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct InstallCounts {
+    /// Entries created (including updates that fell back to create).
+    pub created: u64,
+    /// Entries updated (including creates that found the entry present).
+    pub updated: u64,
+    pub deleted: u64,
+    /// Deletes of entries the kernel did not have (ENOENT): not an error.
+    pub delete_not_found: u64,
+    /// Fallbacks skipped because a later change in the same call has the same key.
+    pub superseded: u64,
+    /// Updates applied without their labels: the namespace has no conntrack label
+    /// extension in use (ENOSPC from `nf_connlabels_replace`).
+    pub labels_unsupported: u64,
+    /// `sendmsg` calls.
+    pub batches: u64,
+    /// Requests sent, retries included.
+    pub messages: u64,
+    /// ENOBUFS on the installer socket: failure replies were lost, so the outcome of
+    /// some requests is unknown (they count as successes). Resync when non-zero.
+    pub replies_lost: u64,
+    /// Replies that could not be decoded or matched to a request.
+    pub malformed: u64,
+    /// Final failures by errno.
+    pub err_eexist: u64,
+    pub err_enoent: u64,
+    pub err_ebusy: u64,
+    pub err_einval: u64,
+    pub err_enomem: u64,
+    pub err_eopnotsupp: u64,
+    pub err_enospc: u64,
+    pub err_eperm: u64,
+    pub err_other: u64,
+}
+
+impl InstallCounts {
+    /// Total final failures.
+    pub fn errors(&self) -> u64 {
+        self.errors_by_name().iter().map(|(_, n)| n).sum()
+    }
+
+    /// Final failures labelled by errno name, for metrics.
+    pub fn errors_by_name(&self) -> [(&'static str, u64); 9] {
+        [
+            ("EEXIST", self.err_eexist),
+            ("ENOENT", self.err_enoent),
+            ("EBUSY", self.err_ebusy),
+            ("EINVAL", self.err_einval),
+            ("ENOMEM", self.err_enomem),
+            ("EOPNOTSUPP", self.err_eopnotsupp),
+            ("ENOSPC", self.err_enospc),
+            ("EPERM", self.err_eperm),
+            ("other", self.err_other),
+        ]
+    }
+
+    fn count_error(&mut self, errno: i32) {
+        let slot = match errno {
+            libc::EEXIST => &mut self.err_eexist,
+            libc::ENOENT => &mut self.err_enoent,
+            libc::EBUSY => &mut self.err_ebusy,
+            libc::EINVAL => &mut self.err_einval,
+            libc::ENOMEM => &mut self.err_enomem,
+            libc::EOPNOTSUPP => &mut self.err_eopnotsupp,
+            libc::ENOSPC => &mut self.err_enospc,
+            libc::EPERM => &mut self.err_eperm,
+            _ => &mut self.err_other,
+        };
+        *slot += 1;
+    }
+
+    fn add(&mut self, o: &InstallCounts) {
+        self.created += o.created;
+        self.updated += o.updated;
+        self.deleted += o.deleted;
+        self.delete_not_found += o.delete_not_found;
+        self.superseded += o.superseded;
+        self.labels_unsupported += o.labels_unsupported;
+        self.batches += o.batches;
+        self.messages += o.messages;
+        self.replies_lost += o.replies_lost;
+        self.malformed += o.malformed;
+        self.err_eexist += o.err_eexist;
+        self.err_enoent += o.err_enoent;
+        self.err_ebusy += o.err_ebusy;
+        self.err_einval += o.err_einval;
+        self.err_enomem += o.err_enomem;
+        self.err_eopnotsupp += o.err_eopnotsupp;
+        self.err_enospc += o.err_enospc;
+        self.err_eperm += o.err_eperm;
+        self.err_other += o.err_other;
+    }
+}
+
+/// What one [`Installer::install`] call did.
+pub type InstallReport = InstallCounts;
+
+#[derive(Clone, Copy, Debug)]
+struct Pending {
+    idx: u32,
+    op: Op,
+    /// `Op::bit`s already tried for this change (bounds the fallbacks).
+    tried: u8,
+}
+
+enum Outcome {
+    Created,
+    Updated,
+    UpdatedWithoutLabels,
+    Deleted,
+    DeleteNotFound,
+    Retry(Op),
+    Fail,
+}
+
+fn outcome(change: &Change, p: Pending, errno: i32) -> Outcome {
+    let labels = matches!(change, Change::Upsert { entry, .. } if entry.labels.is_some());
+    match (p.op, errno) {
+        (Op::Create, 0) => Outcome::Created,
+        (Op::Update | Op::UpdateNoStatus, 0) => Outcome::Updated,
+        (Op::Delete, 0) => Outcome::Deleted,
+        (Op::Delete, libc::ENOENT) => Outcome::DeleteNotFound,
+        (Op::Create, libc::EEXIST) if p.tried & Op::Update.bit() == 0 => Outcome::Retry(Op::Update),
+        (Op::Update | Op::UpdateNoStatus, libc::ENOENT) if p.tried & Op::Create.bit() == 0 => {
+            Outcome::Retry(Op::Create)
+        }
+        (Op::Update, libc::EBUSY) if p.tried & Op::UpdateNoStatus.bit() == 0 => {
+            Outcome::Retry(Op::UpdateNoStatus)
+        }
+        // Labels are the last thing ctnetlink_change_conntrack() applies: everything
+        // else is in place.
+        (Op::Update | Op::UpdateNoStatus, libc::ENOSPC) if labels => Outcome::UpdatedWithoutLabels,
+        _ => Outcome::Fail,
+    }
+}
+
+/// Every change is tried at most once per op; three rounds cover the longest chain
+/// (update → update without status → create, or create → update → update w/o status).
+const MAX_ROUNDS: usize = 4;
+
+/// Writes changes into the kernel's conntrack table of the namespace it was opened in.
+pub struct Installer {
+    sock: NlSocket,
+    opts: EncodeOptions,
+    buf: Vec<u8>,
+    rbuf: Vec<u8>,
+    seq: u32,
+    max_batch_bytes: usize,
+    max_batch_msgs: usize,
+    round: Vec<Pending>,
+    next: Vec<Pending>,
+    errs: Vec<i32>,
+    last_of: HashMap<Key, u32>,
+    failures: Vec<Failure>,
+    totals: InstallCounts,
+    log: RateLimit,
+}
+
+impl Installer {
+    /// Opens an installer socket in the calling thread's network namespace with the
+    /// default configuration.
+    pub fn new() -> Result<Installer, CtnlError> {
+        Installer::with_config(InstallerConfig::default())
+    }
+
+    /// Like [`new`](Installer::new), with explicit buffer sizes and encoding policy.
+    pub fn with_config(cfg: InstallerConfig) -> Result<Installer, CtnlError> {
+        let io = |op| move |source| CtnlError::Io { op, source };
+        let sock = NlSocket::open(false).map_err(io("open installer socket"))?;
+        let sndbuf = sock.set_sndbuf(cfg.sndbuf).map_err(io("set SO_SNDBUF"))?;
+        let rcvbuf = sock.set_rcvbuf(cfg.rcvbuf).map_err(io("set SO_RCVBUF"))?;
+        // Failure replies carry only the request's header, not the whole request.
+        sock.set_netlink_flag(NETLINK_CAP_ACK, true)
+            .map_err(io("set NETLINK_CAP_ACK"))?;
+        sock.set_netlink_flag(NETLINK_EXT_ACK, false)
+            .map_err(io("set NETLINK_EXT_ACK"))?;
+        // netlink_sendmsg() refuses a datagram larger than sk_sndbuf - 32.
+        let max_batch_bytes = sndbuf.saturating_sub(64).max(MAX_MSG_LEN);
+        Ok(Installer {
+            sock,
+            opts: cfg.encode,
+            buf: Vec::with_capacity(max_batch_bytes.min(16 << 20)),
+            rbuf: vec![0u8; 64 << 10],
+            seq: 1,
+            max_batch_bytes,
+            max_batch_msgs: batch_msgs_for(rcvbuf),
+            round: Vec::new(),
+            next: Vec::new(),
+            errs: Vec::new(),
+            last_of: HashMap::new(),
+            failures: Vec::new(),
+            totals: InstallCounts::default(),
+            log: RateLimit::new(),
+        })
+    }
+
+    /// The socket's netlink port id: destroy events caused by this installer's deletes
+    /// carry it as `nlmsg_pid`, so the agent can tell its own deletions apart.
+    pub fn portid(&self) -> u32 {
+        self.sock.portid()
+    }
+
+    /// Counters accumulated over all `install` calls.
+    pub fn totals(&self) -> &InstallCounts {
+        &self.totals
+    }
+
+    /// The changes of the last `install` call that finally failed.
+    pub fn failures(&self) -> &[Failure] {
+        &self.failures
+    }
+
+    /// Largest number of requests per `sendmsg` (shrinks after replies were lost).
+    pub fn batch_limit(&self) -> (usize, usize) {
+        (self.max_batch_bytes, self.max_batch_msgs)
+    }
+
+    /// Applies `changes` and reports the outcomes. Changes to different keys are
+    /// independent; for one key the last change in the slice wins (fallbacks of earlier
+    /// ones are skipped as `superseded`). Kernel refusals are counted, listed in
+    /// [`failures`](Installer::failures) and logged (rate-limited), never returned as
+    /// errors: the caller cannot do better than the kernel's answer.
+    pub fn install(&mut self, changes: &[Change]) -> InstallReport {
+        let mut rep = InstallCounts::default();
+        self.failures.clear();
+        self.round.clear();
+        let mut last_of_built = false;
+        for (i, c) in changes.iter().enumerate() {
+            let op = match c {
+                Change::Upsert { new: true, .. } => Op::Create,
+                Change::Upsert { new: false, .. } => Op::Update,
+                Change::Delete(_) => Op::Delete,
+            };
+            self.round.push(Pending {
+                idx: i as u32,
+                op,
+                tried: op.bit(),
+            });
+        }
+        for _ in 0..MAX_ROUNDS {
+            if self.round.is_empty() {
+                break;
+            }
+            self.run_round(changes, &mut rep);
+            self.next.clear();
+            for k in 0..self.round.len() {
+                let p = self.round[k];
+                let errno = self.errs[k];
+                let change = &changes[p.idx as usize];
+                match outcome(change, p, errno) {
+                    Outcome::Created => rep.created += 1,
+                    Outcome::Updated => rep.updated += 1,
+                    Outcome::UpdatedWithoutLabels => {
+                        rep.updated += 1;
+                        rep.labels_unsupported += 1;
+                    }
+                    Outcome::Deleted => rep.deleted += 1,
+                    Outcome::DeleteNotFound => rep.delete_not_found += 1,
+                    Outcome::Retry(op) => {
+                        // A later change for the same key decides the final state; a
+                        // retry now would undo it.
+                        if !last_of_built {
+                            self.last_of.clear();
+                            for (i, c) in changes.iter().enumerate() {
+                                self.last_of.insert(change_key(c), i as u32);
+                            }
+                            last_of_built = true;
+                        }
+                        if self.last_of.get(&change_key(change)) != Some(&p.idx) {
+                            rep.superseded += 1;
+                        } else {
+                            self.next.push(Pending {
+                                idx: p.idx,
+                                op,
+                                tried: p.tried | op.bit(),
+                            });
+                        }
+                    }
+                    Outcome::Fail => {
+                        rep.count_error(errno);
+                        self.failures.push(Failure {
+                            index: p.idx as usize,
+                            op: p.op,
+                            errno,
+                        });
+                    }
+                }
+            }
+            mem::swap(&mut self.round, &mut self.next);
+        }
+        if last_of_built {
+            // No stale keys between calls; the allocation is kept for the next one.
+            self.last_of.clear();
+        }
+        self.totals.add(&rep);
+        if (rep.errors() > 0 || rep.replies_lost > 0 || rep.malformed > 0)
+            && let Some(suppressed) = self.log.allow()
+        {
+            let first = self
+                .failures
+                .first()
+                .map(|f| (f.index, f.op, errno_name(f.errno), changes.get(f.index)));
+            tracing::warn!(
+                errors = rep.errors(),
+                replies_lost = rep.replies_lost,
+                malformed = rep.malformed,
+                by_errno = ?rep.errors_by_name().iter().filter(|(_, n)| *n > 0).collect::<Vec<_>>(),
+                first_failure = ?first,
+                suppressed_reports = suppressed,
+                "ctnetlink install: kernel refused changes"
+            );
+        }
+        rep
+    }
+
+    /// Sends every pending request of this round in as few batches as the buffers
+    /// allow and records each one's errno (0: no failure reply) in `self.errs`.
+    fn run_round(&mut self, changes: &[Change], rep: &mut InstallCounts) {
+        self.errs.clear();
+        self.errs.resize(self.round.len(), 0);
+        let mut i = 0;
+        while i < self.round.len() {
+            let start = i;
+            let base = self.seq;
+            self.buf.clear();
+            let mut w = Writer::new(&mut self.buf);
+            while i < self.round.len()
+                && (i == start
+                    || (i - start < self.max_batch_msgs
+                        && w.len() + MAX_MSG_LEN <= self.max_batch_bytes))
+            {
+                let p = self.round[i];
+                let seq = base.wrapping_add((i - start) as u32);
+                match (&changes[p.idx as usize], p.op) {
+                    (Change::Upsert { entry, .. }, Op::Create) => {
+                        encode_create(&mut w, seq, entry, &self.opts)
+                    }
+                    (Change::Upsert { entry, .. }, Op::Update) => {
+                        encode_update(&mut w, seq, entry, true, &self.opts)
+                    }
+                    (Change::Upsert { entry, .. }, Op::UpdateNoStatus) => {
+                        encode_update(&mut w, seq, entry, false, &self.opts)
+                    }
+                    (Change::Delete(key), _) => encode_delete(&mut w, seq, key),
+                    (Change::Upsert { entry, .. }, Op::Delete) => {
+                        encode_delete(&mut w, seq, &entry.key())
+                    }
+                }
+                i += 1;
+            }
+            let n = i - start;
+            self.seq = base.wrapping_add(n as u32);
+            rep.batches += 1;
+            rep.messages += n as u64;
+            if let Err(e) = self.sock.send(&self.buf) {
+                let errno = e.raw_os_error().unwrap_or(libc::EIO);
+                self.errs[start..i].fill(errno);
+                if let Some(suppressed) = self.log.allow() {
+                    tracing::warn!(
+                        error = %e, requests = n, bytes = self.buf.len(), suppressed,
+                        "ctnetlink install: sendmsg failed"
+                    );
+                }
+                continue;
+            }
+            self.drain_replies(base, start, n, rep);
+        }
+    }
+
+    /// Reads the failure replies the kernel queued while processing the batch.
+    fn drain_replies(&mut self, base: u32, start: usize, n: usize, rep: &mut InstallCounts) {
+        loop {
+            let len = match self.sock.recv(&mut self.rbuf, true) {
+                Ok(len) => len,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                    // The receive buffer overflowed: some failure replies are gone.
+                    rep.replies_lost += 1;
+                    self.max_batch_msgs = (self.max_batch_msgs / 2).max(64);
+                    continue;
+                }
+                Err(e) => {
+                    if let Some(suppressed) = self.log.allow() {
+                        tracing::warn!(error = %e, suppressed, "ctnetlink install: recv failed");
+                    }
+                    break;
+                }
+            };
+            if len > self.rbuf.len() {
+                rep.malformed += 1;
+                continue;
+            }
+            for m in MsgIter::new(&self.rbuf[..len]) {
+                let Ok(m) = m else {
+                    rep.malformed += 1;
+                    break;
+                };
+                if m.ty != NLMSG_ERROR {
+                    rep.malformed += 1;
+                    continue;
+                }
+                match parse_error(&m) {
+                    Ok(0) => {}
+                    Ok(errno) => {
+                        let k = m.seq.wrapping_sub(base) as usize;
+                        if k < n {
+                            self.errs[start + k] = errno;
+                        } else {
+                            rep.malformed += 1;
+                        }
+                    }
+                    Err(_) => rep.malformed += 1,
+                }
+            }
+        }
+    }
+}
+
+fn change_key(c: &Change) -> Key {
+    match c {
+        Change::Upsert { entry, .. } => entry.key(),
+        Change::Delete(k) => *k,
+    }
+}
+
+/// Requests per batch such that the failure replies of a batch that fails entirely
+/// still fit the receive buffer (`rcvbuf` as reported, i.e. already doubled). One
+/// capped error reply costs about 768 bytes of skb truesize; 1 KiB leaves a margin.
+fn batch_msgs_for(rcvbuf: usize) -> usize {
+    (rcvbuf / 1024).max(64)
+}
