@@ -86,6 +86,11 @@ pub struct CtEvent {
 pub struct KernelLayout {
     /// `offsetof(struct nf_hook_state, hook)`.
     pub state_hook: u32,
+    /// `offsetof(struct nf_hook_state, in)` / `out` (`struct net_device *`).
+    pub state_in: u32,
+    pub state_out: u32,
+    /// `offsetof(struct net_device, ifindex)`.
+    pub dev_ifindex: u32,
     /// `offsetof(struct sk_buff, _nfct)`.
     pub skb_nfct: u32,
     /// Bytes of `struct nf_conn` to copy (its size, at most [`CT_COPY_MAX`]).
@@ -129,7 +134,10 @@ pub struct CaptureTuning {
     /// Bit `n` set: hook number `n` (`NF_INET_*`) may emit unconfirmed (NEW) entries.
     /// FORWARD runs before source NAT, so NEW is only taken where conntrack confirms.
     pub new_hooks: u32,
-    pub _pad: u32,
+    /// Packets entering or leaving these interfaces are never reported: loopback (a
+    /// node's local flows mean nothing to its peer) and the sync link's own traffic.
+    /// 0 = unused slot.
+    pub ignore_ifindex: [u32; 3],
 }
 
 /// Dedup state per conntrack entry, kept in an LRU hash keyed by the `nf_conn` address.
@@ -177,7 +185,7 @@ pub mod counter {
     pub const WAKEUPS: u32 = 7;
     /// Unconfirmed entries skipped at FORWARD (they are taken at POST_ROUTING).
     pub const SKIPPED_UNCONFIRMED: u32 = 8;
-    /// Events dropped by a sync filter.
+    /// Events not emitted because of a filter (the ignored interface, sync filters).
     pub const FILTERED: u32 = 9;
     pub const COUNT: u32 = 16;
 }
@@ -198,7 +206,7 @@ const _: () = assert!(core::mem::size_of::<CtTuple>() == 40);
 const _: () = assert!(core::mem::size_of::<CtEvent>() == 136);
 const _: () = assert!(core::mem::size_of::<CtSeen>() == 24);
 const _: () = assert!(core::mem::size_of::<KernelLayout>().is_multiple_of(4));
-const _: () = assert!(core::mem::size_of::<CaptureTuning>() == 16);
+const _: () = assert!(core::mem::size_of::<CaptureTuning>() == 24);
 
 #[cfg(feature = "user")]
 mod user {

@@ -14,7 +14,7 @@ use ha_common::{
 
 use crate::{
     maps::{EVENTS, SCRATCH, SEEN, WAKE, count},
-    may_report, read, rodata,
+    may_report, on_ignored_interface, read, rodata,
 };
 
 const COPY: usize = CT_COPY_MAX as usize;
@@ -110,7 +110,7 @@ fn proto_state(buf: &[u8; COPY], protonum: u8) -> u8 {
 
 /// Reports the entry at `ct` if the peer must hear about it.
 #[inline(always)]
-pub fn report(ct: u64, hook: u8) -> Result<(), ()> {
+pub fn report(ct: u64, hook: u8, hook_state: u64) -> Result<(), ()> {
     let scratch = SCRATCH.get_ptr_mut(0).ok_or(())?;
     // SAFETY: per-CPU map value, exclusively ours while the program runs.
     let buf = unsafe { &mut (*scratch).0 };
@@ -172,7 +172,7 @@ pub fn report(ct: u64, hook: u8) -> Result<(), ()> {
         kind::NEW
     } else {
         // SAFETY: the value is copied out before any other map operation.
-        match unsafe { SEEN.get(&ct) } {
+        match unsafe { SEEN.get(ct) } {
             Some(prev) => {
                 let same = prev.status == seen.status
                     && prev.mark == seen.mark
@@ -192,6 +192,11 @@ pub fn report(ct: u64, hook: u8) -> Result<(), ()> {
         }
     };
 
+    if on_ignored_interface(hook_state) {
+        // Not recorded in SEEN: such packets are rare (the sync link's own traffic).
+        count(counter::FILTERED);
+        return Ok(());
+    }
     let Some(mut entry) = EVENTS.reserve::<CtEvent>(0) else {
         // Dropped. SEEN is left as it was, so the next packet of this entry retries;
         // the agent sees the counter and repairs the rest by resync.
@@ -245,7 +250,7 @@ pub fn report(ct: u64, hook: u8) -> Result<(), ()> {
         (*ev).ts_ns = now_ns;
     }
     entry.submit(wake_flags(now_ns));
-    let _ = SEEN.insert(&ct, &seen, 0);
+    let _ = SEEN.insert(ct, seen, 0);
     count(match ev_kind {
         kind::NEW => counter::NEW,
         kind::UPDATE => counter::UPDATE,

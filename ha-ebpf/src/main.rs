@@ -55,7 +55,33 @@ fn observe(ctx: *mut BpfNfCtx) -> Result<(), ()> {
     }
     count(counter::WITH_CT);
     let hook: u8 = read(state + rodata!(LAYOUT.state_hook) as u64)?;
-    conn::report(ct, hook)
+    conn::report(ct, hook, state)
+}
+
+/// Whether the packet enters or leaves the interface the agent told us to ignore
+/// (checked only when an event is about to be emitted: the common path never pays).
+#[inline(always)]
+fn on_ignored_interface(state: u64) -> bool {
+    let ignore = [
+        rodata!(TUNING.ignore_ifindex[0]),
+        rodata!(TUNING.ignore_ifindex[1]),
+        rodata!(TUNING.ignore_ifindex[2]),
+    ];
+    if ignore == [0; 3] {
+        return false;
+    }
+    let ifindex_off = rodata!(LAYOUT.dev_ifindex) as u64;
+    for dev_off in [rodata!(LAYOUT.state_in), rodata!(LAYOUT.state_out)] {
+        if let Ok(dev) = read::<u64>(state + dev_off as u64)
+            && dev != 0
+            && let Ok(ifindex) = read::<u32>(dev + ifindex_off)
+            && ifindex != 0
+            && (ifindex == ignore[0] || ifindex == ignore[1] || ifindex == ignore[2])
+        {
+            return true;
+        }
+    }
+    false
 }
 
 /// `bpf_probe_read_kernel` of a kernel address, counting failures.

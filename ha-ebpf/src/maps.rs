@@ -34,6 +34,9 @@ pub static WAKE: Array<u64> = Array::with_max_entries(1, 0);
 #[unsafe(no_mangle)]
 pub static LAYOUT: KernelLayout = KernelLayout {
     state_hook: 0,
+    state_in: 0,
+    state_out: 0,
+    dev_ifindex: 0,
     skb_nfct: 0,
     ct_size: 0,
     ct_status: 0,
@@ -59,7 +62,7 @@ pub static LAYOUT: KernelLayout = KernelLayout {
 pub static TUNING: CaptureTuning = CaptureTuning {
     wakeup_min_gap_ns: 0,
     new_hooks: 0,
-    _pad: 0,
+    ignore_ifindex: [0; 3],
 };
 
 /// Reads one field of a global the agent overrode: volatile, so the compiler cannot
@@ -67,9 +70,11 @@ pub static TUNING: CaptureTuning = CaptureTuning {
 /// is never copied onto the 512-byte stack.
 #[macro_export]
 macro_rules! rodata {
-    ($global:ident . $($field:tt)+) => {
-        unsafe { core::ptr::read_volatile(&$crate::maps::$global.$($field)+) }
-    };
+    ($global:ident . $($field:tt)+) => {{
+        let field = &$crate::maps::$global.$($field)+;
+        // SAFETY: a reference to a static is valid for reads.
+        unsafe { core::ptr::read_volatile(field) }
+    }};
 }
 
 #[inline(always)]

@@ -4,6 +4,7 @@
 //! `capture` (eBPF program + ring buffer) -> `sync` (batch, frame, authenticate, UDP)
 //! -> peer's `sync` (verify, decode) -> peer's `kernel` (ctnetlink install).
 
+pub mod agent;
 pub mod capture;
 pub mod config;
 pub mod conntrack;

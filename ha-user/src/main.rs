@@ -1,4 +1,93 @@
-fn main() {
-    let obj: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/hasync-ebpf"));
-    println!("{}", obj.len());
+//! `hasync`: the agent and its command line.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use hasync::config::{self, schema::LogFormat};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(
+    name = "hasync",
+    version,
+    about = "Conntrack state synchronisation and high availability"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the agent in the foreground, in the current network namespace.
+    Run {
+        #[arg(long, short, env = "HASYNC_CONFIG")]
+        config: PathBuf,
+        /// Overrides `agent.log_level` (trace, debug, info, warn, error) or a
+        /// tracing filter such as `hasync=debug`.
+        #[arg(long)]
+        log_level: Option<String>,
+    },
+    /// Check a configuration file and print every error with its line and column.
+    CheckConfig {
+        #[arg(long, short, env = "HASYNC_CONFIG")]
+        config: PathBuf,
+    },
+    /// Print the configuration reference (every block and attribute).
+    ConfigReference,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::CheckConfig { config } => match config::load(&config) {
+            Ok(_) => {
+                println!("{}: configuration is valid", config.display());
+                ExitCode::SUCCESS
+            }
+            Err(errors) => {
+                eprintln!("{errors}");
+                eprintln!("{}: {} error(s)", config.display(), errors.0.len());
+                ExitCode::from(1)
+            }
+        },
+        Cmd::ConfigReference => {
+            print!("{}", config::reference());
+            ExitCode::SUCCESS
+        }
+        Cmd::Run { config, log_level } => match run(&config, log_level.as_deref()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("hasync: {e:#}");
+                ExitCode::from(1)
+            }
+        },
+    }
+}
+
+fn run(path: &std::path::Path, log_level: Option<&str>) -> anyhow::Result<()> {
+    let cfg = match config::load(path) {
+        Ok(c) => c,
+        Err(errors) => anyhow::bail!("invalid configuration:\n{errors}"),
+    };
+    let filter = match log_level {
+        Some(l) => EnvFilter::try_new(l).with_context(|| format!("--log-level {l}"))?,
+        None => EnvFilter::try_from_env("HASYNC_LOG")
+            .unwrap_or_else(|_| EnvFilter::new(cfg.agent.log_level.as_str())),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cfg.agent.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("hasync-ctl")
+        .build()
+        .context("starting the runtime")?;
+    Ok(runtime.block_on(hasync::agent::run(cfg))?)
 }

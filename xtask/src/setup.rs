@@ -34,8 +34,6 @@ const RUNTIME_PACKAGES: &[&str] = &[
     "iputils-ping",
     "procps",
 ];
-/// Packages only the benchmark needs (the reference implementation).
-pub const BENCH_PACKAGES: &[&str] = &["conntrackd", "keepalived"];
 
 /// What is missing, in install order.
 #[derive(Debug, Default)]

@@ -104,6 +104,9 @@ impl Resolver<'_> {
         }
         let kernel = KernelLayout {
             state_hook: self.required("nf_hook_state", "hook", 1)?,
+            state_in: self.required("nf_hook_state", "in", 8)?,
+            state_out: self.required("nf_hook_state", "out", 8)?,
+            dev_ifindex: self.required("net_device", "ifindex", 4)?,
             skb_nfct: self.required("sk_buff", "_nfct", 8)?,
             ct_size,
             ct_status: self.required("nf_conn", "status", 4)?,

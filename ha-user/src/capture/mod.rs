@@ -27,6 +27,9 @@ pub use event::BadEvent;
 /// The eBPF object built by `build.rs` (empty when built with AYA_BUILD_SKIP).
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/hasync-ebpf"));
 
+/// `lo` has index 1 in every network namespace.
+pub const LOOPBACK_IFINDEX: u32 = 1;
+
 /// Where and how to capture.
 #[derive(Debug, Clone)]
 pub struct CaptureConfig {
@@ -41,6 +44,9 @@ pub struct CaptureConfig {
     pub priority: i32,
     /// `(family, hook)` pairs to attach to.
     pub hooks: Vec<(u32, u32)>,
+    /// Interfaces whose traffic is never reported, by index (loopback and the sync
+    /// link by default; 0 = unused slot).
+    pub ignore_ifindex: [u32; 3],
 }
 
 impl Default for CaptureConfig {
@@ -61,6 +67,8 @@ impl Default for CaptureConfig {
             wakeup_min_gap: Duration::from_micros(50),
             priority: loader::DEFAULT_PRIORITY,
             hooks,
+            // Loopback is always ifindex 1 in every namespace.
+            ignore_ifindex: [LOOPBACK_IFINDEX, 0, 0],
         }
     }
 }
@@ -98,6 +106,8 @@ pub struct ProgramCounters {
     pub read_error: u64,
     pub wakeups: u64,
     pub skipped: u64,
+    /// Events not emitted because of a filter (the sync interface, sync filters).
+    pub filtered: u64,
 }
 
 /// A loaded and attached capture program.
@@ -132,7 +142,7 @@ impl Capture {
         let tuning = CaptureTuning {
             wakeup_min_gap_ns: cfg.wakeup_min_gap.as_nanos() as u64,
             new_hooks: (1 << loader::NF_INET_LOCAL_IN) | (1 << loader::NF_INET_POST_ROUTING),
-            _pad: 0,
+            ignore_ifindex: cfg.ignore_ifindex,
         };
         let mut ebpf = EbpfLoader::new()
             .override_global(names::LAYOUT, &layout.kernel, true)
@@ -202,6 +212,7 @@ impl Capture {
             read_error: sum(counter::READ_ERROR)?,
             wakeups: sum(counter::WAKEUPS)?,
             skipped: sum(counter::SKIPPED_UNCONFIRMED)?,
+            filtered: sum(counter::FILTERED)?,
         })
     }
 }

@@ -1,0 +1,383 @@
+//! Egress: this node's conntrack changes to the peer.
+//!
+//! One thread, one epoll loop over the ring buffer (new entries and state changes),
+//! the ctnetlink destroy events (deletions), a drain timer and a tick timer. Changes go
+//! straight into the I/O-free [`Sender`], whose sealed datagrams go out on the sync
+//! socket. No channel between capture and send: one event costs a ring-buffer read,
+//! a record encode, and its share of one HMAC and one `sendto`.
+//!
+//! Batching adapts to load: after a drain that found events, the drain timer is armed
+//! for twice the program's minimum wake-up gap, so under load every datagram is full;
+//! a drain that finds nothing lets the loop sleep until the program wakes it, so an
+//! idle node sends the first event of a burst at once.
+
+use std::{
+    io,
+    net::{SocketAddr, UdpSocket},
+    os::fd::AsRawFd,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use mio::{Events, Interest, Poll, Token, Waker, unix::SourceFd};
+
+use super::{replica::ReplicaSet, timer::Timer};
+use crate::{
+    capture::Capture,
+    conntrack::Change,
+    kernel::ctnetlink::{DestroyListener, Recv},
+    metrics::{Board, Sample},
+    sync::Sender,
+};
+
+const RING: Token = Token(0);
+const DESTROY: Token = Token(1);
+const DRAIN: Token = Token(2);
+const TICK: Token = Token(3);
+pub const WAKE: Token = Token(4);
+
+/// Events read per drain round before the loop looks at its other sources.
+const DRAIN_BATCH: usize = 8192;
+const TICK_EVERY: Duration = Duration::from_millis(100);
+const PUBLISH_EVERY: Duration = Duration::from_millis(250);
+
+/// Counters of the egress loop itself (the capture program, sender and listener keep
+/// their own).
+#[derive(Debug, Default, Clone, Copy)]
+struct Stats {
+    captured: u64,
+    deletes_sent: u64,
+    /// Destroy events caused by our own installer (peer's deletions applied here).
+    deletes_own: u64,
+    /// Replicated entries that expired here: the peer owns them, not reported back.
+    deletes_replica: u64,
+    destroy_overruns: u64,
+    send_errors: u64,
+    send_blocked: u64,
+    drain_rounds: u64,
+}
+
+pub struct Egress {
+    pub capture: Capture,
+    pub destroy: DestroyListener,
+    pub sender: Sender,
+    pub socket: UdpSocket,
+    pub dest: SocketAddr,
+    pub installer_portid: u32,
+    pub replica: Arc<ReplicaSet>,
+    pub board: Board,
+    pub stop: Arc<AtomicBool>,
+    /// How long to wait for more events after a busy drain (2x the program's gap).
+    pub drain_interval: Duration,
+}
+
+struct Loop {
+    e: Egress,
+    drain_timer: Timer,
+    tick_timer: Timer,
+    changes: Vec<(Change, u64)>,
+    stats: Stats,
+    next_publish: Instant,
+    last_send_error: Option<Instant>,
+}
+
+impl Egress {
+    /// Runs until `stop` is set and the waker fires. `poll` must own `waker`'s registry.
+    pub fn run(self, mut poll: Poll) -> io::Result<()> {
+        let mut l = Loop {
+            drain_timer: Timer::new()?,
+            tick_timer: Timer::new()?,
+            changes: Vec::with_capacity(DRAIN_BATCH),
+            stats: Stats::default(),
+            next_publish: Instant::now(),
+            last_send_error: None,
+            e: self,
+        };
+        let reg = poll.registry();
+        reg.register(
+            &mut SourceFd(&l.e.capture.as_raw_fd()),
+            RING,
+            Interest::READABLE,
+        )?;
+        reg.register(
+            &mut SourceFd(&l.e.destroy.as_raw_fd()),
+            DESTROY,
+            Interest::READABLE,
+        )?;
+        reg.register(
+            &mut SourceFd(&l.drain_timer.as_raw_fd()),
+            DRAIN,
+            Interest::READABLE,
+        )?;
+        reg.register(
+            &mut SourceFd(&l.tick_timer.as_raw_fd()),
+            TICK,
+            Interest::READABLE,
+        )?;
+        l.tick_timer.arm(TICK_EVERY)?;
+        // Entries queued before we started listening.
+        l.drain_capture();
+        let mut events = Events::with_capacity(16);
+        while !l.e.stop.load(Ordering::Relaxed) {
+            if let Err(e) = poll.poll(&mut events, None) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            for ev in events.iter() {
+                match ev.token() {
+                    RING => l.drain_capture(),
+                    DRAIN => {
+                        l.drain_timer.ack();
+                        l.drain_capture();
+                    }
+                    DESTROY => l.on_destroy(),
+                    TICK => {
+                        l.tick_timer.ack();
+                        l.on_tick();
+                        l.tick_timer.arm(TICK_EVERY)?;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        l.publish();
+        Ok(())
+    }
+}
+
+impl Loop {
+    /// Reads the ring buffer dry (bounded per round), encodes, sends.
+    fn drain_capture(&mut self) {
+        self.stats.drain_rounds += 1;
+        let mut total = 0;
+        loop {
+            let changes = &mut self.changes;
+            let n = self
+                .e
+                .capture
+                .drain(DRAIN_BATCH, |c, ts| changes.push((c, ts)));
+            total += n;
+            for (change, _ts) in self.changes.drain(..) {
+                if !self.e.replica.is_empty() {
+                    // Traffic for this entry flows here now: it is ours.
+                    if let Change::Upsert { entry, .. } = &change {
+                        self.e.replica.remove(&entry.key());
+                    }
+                }
+                let _ = self.e.sender.push(&change);
+            }
+            self.send_ready();
+            if n < DRAIN_BATCH {
+                break;
+            }
+        }
+        self.stats.captured += total as u64;
+        self.e.sender.flush();
+        self.send_ready();
+        if total > 0 {
+            // Busy: look again shortly instead of waiting for the program's wake-up.
+            let _ = self.drain_timer.arm(self.e.drain_interval);
+        }
+    }
+
+    fn on_destroy(&mut self) {
+        // The entry's creation may still sit in the ring buffer: send it first.
+        self.drain_capture();
+        loop {
+            match self.e.destroy.recv() {
+                Ok(Recv::Destroyed(d)) => {
+                    if d.portid != 0 && d.portid == self.e.installer_portid {
+                        self.stats.deletes_own += 1;
+                    } else if self.e.replica.remove(&d.key) {
+                        self.stats.deletes_replica += 1;
+                    } else {
+                        self.stats.deletes_sent += 1;
+                        let _ = self.e.sender.push(&Change::Delete(d.key));
+                    }
+                }
+                Ok(Recv::Overrun) => {
+                    self.stats.destroy_overruns += 1;
+                    tracing::warn!(
+                        "destroy events were lost (netlink receive buffer overrun): the peer may keep \
+                         entries this node already deleted until they time out"
+                    );
+                }
+                Ok(Recv::Empty) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading destroy events");
+                    break;
+                }
+            }
+        }
+        self.e.sender.flush();
+        self.send_ready();
+    }
+
+    fn on_tick(&mut self) {
+        let now = Instant::now();
+        if self.e.sender.handle_timeout(now) {
+            self.send_ready();
+        }
+        if self.e.sender.ready_len() > 0 {
+            self.send_ready();
+        }
+        if now >= self.next_publish {
+            self.publish();
+            self.next_publish = now + PUBLISH_EVERY;
+        }
+    }
+
+    /// Hands every sealed datagram to the kernel. On a full socket buffer the rest stays
+    /// queued in the sender and goes out on the next drain or tick.
+    fn send_ready(&mut self) {
+        let mut sent = 0;
+        for dgram in self.e.sender.ready() {
+            match self.e.socket.send_to(dgram, self.e.dest) {
+                Ok(_) => sent += 1,
+                Err(e)
+                    if e.kind() == io::ErrorKind::WouldBlock
+                        || e.raw_os_error() == Some(libc::ENOBUFS) =>
+                {
+                    self.stats.send_blocked += 1;
+                    let _ = self.drain_timer.arm(Duration::from_millis(1));
+                    break;
+                }
+                Err(e) => {
+                    // Dropped: the receiver sees the gap in sequence numbers.
+                    sent += 1;
+                    self.stats.send_errors += 1;
+                    let now = Instant::now();
+                    if self
+                        .last_send_error
+                        .is_none_or(|t| now - t > Duration::from_secs(1))
+                    {
+                        self.last_send_error = Some(now);
+                        tracing::warn!(error = %e, dest = %self.e.dest, "sending a sync datagram");
+                    }
+                }
+            }
+        }
+        self.e.sender.mark_sent(sent);
+    }
+
+    fn publish(&self) {
+        let s = &self.stats;
+        let tx = self.e.sender.stats();
+        let mut samples = vec![
+            Sample::counter(
+                "capture_events",
+                "Conntrack changes read from the ring buffer",
+                s.captured,
+            ),
+            Sample::counter(
+                "capture_bad_events",
+                "Ring-buffer records that could not be decoded",
+                self.e.capture.bad_events,
+            ),
+            Sample::counter(
+                "deletes",
+                "Destroy events by what was done with them",
+                s.deletes_sent,
+            )
+            .label("action", "sent"),
+            Sample::counter(
+                "deletes",
+                "Destroy events by what was done with them",
+                s.deletes_own,
+            )
+            .label("action", "own_install"),
+            Sample::counter(
+                "deletes",
+                "Destroy events by what was done with them",
+                s.deletes_replica,
+            )
+            .label("action", "replica_expired"),
+            Sample::counter(
+                "destroy_overruns",
+                "Destroy-event socket overruns (events lost)",
+                s.destroy_overruns,
+            ),
+            Sample::counter("sync_sent_datagrams", "Sync datagrams sealed", tx.datagrams),
+            Sample::counter(
+                "sync_sent_records",
+                "Changes encoded into sync datagrams",
+                tx.records,
+            ),
+            Sample::counter("sync_sent_bytes", "Bytes of sync datagrams", tx.bytes),
+            Sample::counter(
+                "sync_send_errors",
+                "Sync datagrams the kernel refused",
+                s.send_errors,
+            ),
+            Sample::counter(
+                "sync_send_blocked",
+                "Times the sync socket buffer was full",
+                s.send_blocked,
+            ),
+            Sample::counter(
+                "sync_sender_overruns",
+                "Sealed datagrams overwritten before they were sent",
+                tx.overruns,
+            ),
+            Sample::counter(
+                "sync_encode_errors",
+                "Changes the encoder refused",
+                tx.encode_errors,
+            ),
+            Sample::counter(
+                "capture_drain_rounds",
+                "Ring-buffer drain rounds",
+                s.drain_rounds,
+            ),
+        ];
+        match self.e.capture.counters() {
+            Ok(c) => {
+                let help = "Events the eBPF program emitted, by kind";
+                samples.extend([
+                    Sample::counter("program_events", help, c.new).label("kind", "new"),
+                    Sample::counter("program_events", help, c.update).label("kind", "update"),
+                    Sample::counter("program_events", help, c.refresh).label("kind", "refresh"),
+                    Sample::counter(
+                        "ringbuf_drops",
+                        "Events lost because the ring buffer was full",
+                        c.ringbuf_full,
+                    ),
+                    Sample::counter(
+                        "program_read_errors",
+                        "Kernel reads that failed in the program",
+                        c.read_error,
+                    ),
+                    Sample::counter(
+                        "program_wakeups",
+                        "Reader wake-ups the program forced",
+                        c.wakeups,
+                    ),
+                    Sample::counter("program_calls", "Netfilter hook invocations", c.calls),
+                    Sample::counter(
+                        "program_filtered",
+                        "Events the program filtered out",
+                        c.filtered,
+                    ),
+                ]);
+            }
+            Err(e) => tracing::debug!(error = %e, "reading program counters"),
+        }
+        let ls = self.e.destroy.stats();
+        samples.push(Sample::counter(
+            "destroy_events",
+            "Destroy events read from ctnetlink",
+            ls.events,
+        ));
+        self.e.board.publish("egress", samples);
+    }
+}
+
+/// A waker for the egress loop's poll.
+pub fn waker(poll: &Poll) -> io::Result<Waker> {
+    Waker::new(poll.registry(), WAKE)
+}

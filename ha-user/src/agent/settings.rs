@@ -1,0 +1,132 @@
+//! Runtime settings derived from the configuration (node id, sockets, capture knobs).
+
+use std::{
+    collections::hash_map::DefaultHasher,
+    ffi::CStr,
+    hash::{Hash, Hasher},
+    net::{IpAddr, Ipv4Addr},
+    num::NonZeroU32,
+};
+
+use crate::{
+    capture::CaptureConfig,
+    config::schema::{Config, ConntrackSync},
+    sync::transport::{TransportConfig, TransportError, ifindex},
+};
+
+/// This node's id on the wire: configured, else the sync interface's IPv4 address
+/// (unique on the sync link), else a hash of the host name.
+pub fn node_id(cfg: &Config) -> u32 {
+    if let Some(id) = cfg.replication.node_id {
+        return id.get();
+    }
+    let sync = &cfg.replication.ha.conntrack_sync;
+    if let Some(net) = sync.local_addr
+        && let IpAddr::V4(v4) = net.addr()
+    {
+        return nonzero(u32::from(v4));
+    }
+    if let Some(v4) = sync.interface.as_deref().and_then(interface_ipv4) {
+        return nonzero(u32::from(v4));
+    }
+    let mut h = DefaultHasher::new();
+    hostname().hash(&mut h);
+    nonzero(h.finish() as u32)
+}
+
+fn nonzero(v: u32) -> u32 {
+    NonZeroU32::new(v).map(NonZeroU32::get).unwrap_or(1)
+}
+
+pub fn transport(cfg: &Config) -> TransportConfig {
+    let sync = &cfg.replication.ha.conntrack_sync;
+    TransportConfig {
+        interface: sync.interface.clone(),
+        group: sync.multicast_group,
+        port: sync.port,
+        peer: cfg.replication.peer_addr,
+        send_buffer: sync.send_buffer_size as usize,
+        receive_buffer: sync.receive_buffer_size as usize,
+    }
+}
+
+/// Capture settings; the sync interface's own traffic is never replicated.
+pub fn capture(sync: &ConntrackSync) -> Result<CaptureConfig, TransportError> {
+    let sync_ifindex = match sync.interface.as_deref() {
+        Some(name) => ifindex(name)?,
+        None => 0,
+    };
+    let ignore_ifindex = [crate::capture::LOOPBACK_IFINDEX, sync_ifindex, 0];
+    Ok(CaptureConfig {
+        ring_buffer_size: sync.ring_buffer_size,
+        dedup_table_size: sync.dedup_table_size,
+        wakeup_min_gap: sync.wakeup_min_gap,
+        ignore_ifindex,
+        ..CaptureConfig::default()
+    })
+}
+
+/// The first IPv4 address of `ifname`, if any.
+pub fn interface_ipv4(ifname: &str) -> Option<Ipv4Addr> {
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs allocates a list we free below.
+    if unsafe { libc::getifaddrs(&mut head) } != 0 {
+        return None;
+    }
+    let mut found = None;
+    let mut cur = head;
+    while !cur.is_null() {
+        // SAFETY: cur is a node of the list getifaddrs returned.
+        let ifa = unsafe { &*cur };
+        cur = ifa.ifa_next;
+        if ifa.ifa_addr.is_null() || ifa.ifa_name.is_null() {
+            continue;
+        }
+        // SAFETY: non-null, NUL-terminated name owned by the list.
+        let name = unsafe { CStr::from_ptr(ifa.ifa_name) };
+        // SAFETY: non-null sockaddr owned by the list.
+        let family = unsafe { (*ifa.ifa_addr).sa_family } as i32;
+        if name.to_bytes() == ifname.as_bytes() && family == libc::AF_INET {
+            // SAFETY: AF_INET addresses are sockaddr_in.
+            let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
+            found = Some(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)));
+            break;
+        }
+    }
+    // SAFETY: the list from getifaddrs.
+    unsafe { libc::freeifaddrs(head) };
+    found
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_has_an_ipv4_address() {
+        let ns = testkit::NetNs::new("set").unwrap();
+        let addr = ns.enter(|| interface_ipv4("lo")).unwrap();
+        assert_eq!(addr, Some(Ipv4Addr::LOCALHOST));
+        assert_eq!(ns.enter(|| interface_ipv4("nope0")).unwrap(), None);
+    }
+
+    #[test]
+    fn node_id_prefers_config_then_local_addr() {
+        let mut cfg = crate::config::parse(
+            "replication {\n mode = \"primary\"\n peer_addr = \"10.250.0.2\"\n secret_key = \"0123456789\"\n\
+             ha {\n enabled = true\n conntrack_sync {\n enabled = true\n interface = \"sync0\"\n \
+             local_addr = \"10.250.0.1/24\"\n }\n }\n}\n",
+            "t.hcl",
+        )
+        .unwrap();
+        assert_eq!(node_id(&cfg), u32::from(Ipv4Addr::new(10, 250, 0, 1)));
+        cfg.replication.node_id = NonZeroU32::new(9);
+        assert_eq!(node_id(&cfg), 9);
+    }
+}

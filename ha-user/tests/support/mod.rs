@@ -1,0 +1,229 @@
+//! Shared pieces of the agent integration tests: start `hasync` in a namespace, read its
+//! metrics, generate traffic, compare conntrack tables.
+#![allow(dead_code)]
+
+use std::{
+    fs,
+    io::{Read, Write},
+    net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    path::PathBuf,
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use testkit::{CtLine, NetNs, ProcessGuard, conntrack_list, lab::Firewall, wait_for};
+
+/// A running agent; killed on drop. Its log is kept in a file and printed on failure.
+pub struct Agent {
+    pub name: String,
+    pub log: PathBuf,
+    pub config: PathBuf,
+    process: ProcessGuard,
+}
+
+/// The node config used by the tests (multicast on sync0, metrics on loopback).
+pub fn node_config(mode: &str, peer: &str, secret: &str, extra_sync: &str) -> String {
+    format!(
+        r#"replication {{
+  mode       = "{mode}"
+  peer_addr  = "{peer}"
+  secret_key = "{secret}"
+  ha {{
+    enabled = true
+    conntrack_sync {{
+      enabled         = true
+      interface       = "sync0"
+      multicast_group = "225.0.0.50"
+      port            = 3780
+{extra_sync}
+    }}
+  }}
+}}
+agent {{
+  metrics_addr = "127.0.0.1:9724"
+  log_level    = "debug"
+}}
+"#
+    )
+}
+
+impl Agent {
+    /// Starts `hasync run` in `ns` and waits until it reports ready.
+    pub fn start(ns: &NetNs, name: &str, config: &str) -> Agent {
+        let dir = std::env::temp_dir().join(testkit::unique_name("hsagent"));
+        fs::create_dir_all(&dir).unwrap();
+        let config_path = dir.join(format!("{name}.hcl"));
+        fs::write(&config_path, config).unwrap();
+        let log = dir.join(format!("{name}.log"));
+        let mut cmd = ns.command(env!("CARGO_BIN_EXE_hasync"));
+        cmd.args(["run", "--config"])
+            .arg(&config_path)
+            .stdin(Stdio::null())
+            .stdout(fs::File::create(dir.join(format!("{name}.out"))).unwrap())
+            .stderr(fs::File::create(&log).unwrap());
+        let process = ProcessGuard::spawn(cmd, name).unwrap();
+        let mut agent = Agent {
+            name: name.into(),
+            log,
+            config: config_path,
+            process,
+        };
+        let ready = wait_for(Duration::from_secs(30), "agent ready", || {
+            let text = fs::read_to_string(&agent.log).unwrap_or_default();
+            if text.contains("hasync ready") {
+                Some(true)
+            } else if !agent.process.is_running() {
+                Some(false)
+            } else {
+                None
+            }
+        });
+        if !matches!(ready, Ok(true)) {
+            panic!("{name} did not start:\n{}", agent.log_text());
+        }
+        agent
+    }
+
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.process.is_running()
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn stop(mut self) -> String {
+        self.process.signal(libc::SIGTERM);
+        let status = self.process.wait_timeout(Duration::from_secs(10)).unwrap();
+        assert!(
+            status.success(),
+            "{} exited with {status}:\n{}",
+            self.name,
+            self.log_text()
+        );
+        self.log_text()
+    }
+}
+
+/// The agent's Prometheus text (GET /metrics on 127.0.0.1:9724 inside `ns`).
+pub fn metrics(ns: &NetNs) -> String {
+    ns.enter(|| {
+        let mut s = TcpStream::connect("127.0.0.1:9724").ok()?;
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).ok()?;
+        Some(out)
+    })
+    .unwrap()
+    .unwrap_or_default()
+}
+
+/// The value of `hasync_<name>` (counters: pass the name with `_total`), with labels
+/// written as in the exposition (`reason="auth_failed"`), or 0.
+pub fn metric(text: &str, name: &str, labels: &str) -> f64 {
+    let want = if labels.is_empty() {
+        format!("hasync_{name} ")
+    } else {
+        format!("hasync_{name}{{{labels}}} ")
+    };
+    text.lines()
+        .find_map(|l| l.strip_prefix(&want))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Waits until the metric reaches at least `min`.
+pub fn wait_metric(ns: &NetNs, name: &str, labels: &str, min: f64, timeout: Duration) -> f64 {
+    wait_for(timeout, &format!("{name}{{{labels}}} >= {min}"), || {
+        let v = metric(&metrics(ns), name, labels);
+        (v >= min).then_some(v)
+    })
+    .unwrap_or_else(|e| panic!("{e}; metrics:\n{}", metrics(ns)))
+}
+
+/// Entries of a firewall's table that belong to forwarded traffic (the node's own
+/// loopback and sync-link flows are local to it).
+pub fn forwarded(fw: &Firewall) -> Vec<CtLine> {
+    conntrack_list(&fw.ns)
+        .unwrap()
+        .into_iter()
+        .filter(|l| {
+            !["127.0.0.1", "::1", "10.250.0.", "225.0.0.50"]
+                .iter()
+                .any(|a| l.line.contains(&format!("src={a}")))
+        })
+        .collect()
+}
+
+/// Waits until `b`'s forwarded entries equal `a`'s (and there are `min` of them), or
+/// panics with the difference.
+pub fn wait_tables_equal(a: &Firewall, b: &Firewall, min: usize, timeout: Duration) -> Vec<CtLine> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let (ta, tb) = (forwarded(a), forwarded(b));
+        if ta.len() >= min && ta == tb {
+            return ta;
+        }
+        if Instant::now() > deadline {
+            let only_a: Vec<_> = ta.iter().filter(|l| !tb.contains(l)).take(10).collect();
+            let only_b: Vec<_> = tb.iter().filter(|l| !ta.contains(l)).take(10).collect();
+            panic!(
+                "tables differ after {timeout:?}: a has {}, b has {}\nonly on a: {only_a:#?}\nonly on b: {only_b:#?}",
+                ta.len(),
+                tb.len()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Sends one datagram to each port from `src` (bound in `ns`).
+pub fn udp_flows(ns: &NetNs, src: SocketAddr, dst: std::net::IpAddr, ports: std::ops::Range<u16>) {
+    ns.enter(|| {
+        let s = UdpSocket::bind(src).unwrap();
+        for p in ports {
+            s.send_to(b"x", (dst, p)).unwrap();
+        }
+    })
+    .unwrap();
+}
+
+/// A TCP echo server in `ns` accepting `n` connections, in the background.
+pub fn tcp_server(ns: &NetNs, addr: SocketAddr, n: usize) -> std::thread::JoinHandle<()> {
+    let listener = ns.enter(|| TcpListener::bind(addr).unwrap()).unwrap();
+    std::thread::spawn(move || {
+        for _ in 0..n {
+            let Ok((mut s, _)) = listener.accept() else {
+                return;
+            };
+            let mut buf = [0u8; 16];
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(b"pong");
+            let _ = s.shutdown(Shutdown::Write);
+            let _ = s.read(&mut buf);
+        }
+    })
+}
+
+/// `n` TCP connections from `ns` to `dst`; every `rst_every`-th one ends with RST
+/// (SO_LINGER 0), the others with FIN.
+pub fn tcp_connections(ns: &NetNs, dst: SocketAddr, n: usize, rst_every: usize) {
+    ns.enter(|| {
+        for i in 0..n {
+            let mut c = TcpStream::connect_timeout(&dst, Duration::from_secs(5)).unwrap();
+            c.write_all(b"ping").unwrap();
+            let mut buf = [0u8; 4];
+            c.read_exact(&mut buf).unwrap();
+            if rst_every > 0 && i % rst_every == 0 {
+                let sock = socket2::SockRef::from(&c);
+                sock.set_linger(Some(Duration::ZERO)).unwrap();
+                drop(c);
+            } else {
+                c.shutdown(Shutdown::Both).unwrap();
+            }
+        }
+    })
+    .unwrap();
+}
