@@ -129,6 +129,18 @@ fn peer_table_equals_primary_table() {
 
     let total = 10_000 + 100 + 100 + 100 + 200 + 1000;
     let table = wait_tables_equal(&lab.fw_a, &lab.fw_b, total, Duration::from_secs(60));
+    // Timeouts travel too: B's copy expires when A's entry did at its last event
+    // (seconds rounded up), so the two differ by at most a couple of seconds here.
+    let (ta, tb) = (forwarded(&lab.fw_a), forwarded(&lab.fw_b));
+    for (x, y) in ta.iter().zip(&tb) {
+        assert!(
+            x.timeout.abs_diff(y.timeout) <= 3,
+            "timeouts {} vs {}: {}",
+            x.timeout,
+            y.timeout,
+            x.line
+        );
+    }
     // What the comparison covered.
     let count = |needle: &str| table.iter().filter(|l| l.line.contains(needle)).count();
     assert!(count("mark=66") >= 100, "marked entries replicated");

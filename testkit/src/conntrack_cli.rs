@@ -5,13 +5,41 @@ use crate::{NetNs, Result};
 
 /// One entry of `conntrack -L -o extended`, normalised for comparison between nodes:
 /// the timeout and the per-node reference count (`use=`) are removed; tuples, state,
-/// flags (`[ASSURED]`, `[UNREPLIED]`), `mark=`, `zone=`, `labels=` stay.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// flags (`[ASSURED]`, `[UNREPLIED]`), `mark=`, `zone=`, `labels=` stay. Equality and
+/// order look at the normalised line only (timeouts drift by the second between
+/// nodes; compare them separately).
+#[derive(Clone, Debug)]
 pub struct CtLine {
     /// The normalised line.
     pub line: String,
     /// Seconds left, as printed.
     pub timeout: u32,
+}
+
+impl PartialEq for CtLine {
+    fn eq(&self, other: &Self) -> bool {
+        self.line == other.line
+    }
+}
+
+impl Eq for CtLine {}
+
+impl PartialOrd for CtLine {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for CtLine {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.line.cmp(&other.line)
+    }
+}
+
+impl std::hash::Hash for CtLine {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.line.hash(state)
+    }
 }
 
 impl CtLine {

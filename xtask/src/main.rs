@@ -3,6 +3,7 @@
 //! Every command that needs the eBPF toolchain runs `setup` first when something is
 //! missing, so a fresh machine needs no manual step.
 
+mod lab;
 mod setup;
 
 use std::process::Command;
@@ -35,6 +36,16 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// The two-node demo: builds hasync, starts fw-a and fw-b in namespaces, drives
+    /// traffic and shows them syncing live; cleans everything up at the end or on Ctrl-C.
+    Lab {
+        /// Seconds to run (0 = until Ctrl-C).
+        #[arg(long, default_value_t = 30)]
+        duration: u64,
+        /// New UDP flows per second from the client.
+        #[arg(long, default_value_t = 2000)]
+        rate: u64,
+    },
     /// Build (release) and run the agent in the current network namespace.
     Run {
         #[arg(long, short)]
@@ -55,6 +66,16 @@ fn main() -> Result<()> {
             cargo(&["build", "--workspace"], release)
         }
         Cmd::Test { no_lint, args } => test(no_lint, &args),
+        Cmd::Lab { duration, rate } => {
+            setup::ensure(&[])?;
+            setup::require_root("create network namespaces")?;
+            cargo(&["build", "--package", "ha-user", "--bin", "hasync"], true)?;
+            lab::run(lab::LabArgs {
+                duration,
+                rate,
+                binary: "target/release/hasync".into(),
+            })
+        }
         Cmd::Run { config, args } => {
             setup::ensure(&[])?;
             setup::require_root("load eBPF programs")?;

@@ -76,6 +76,12 @@ struct Worker {
 /// Runs the agent until SIGINT/SIGTERM or a data-path failure.
 pub async fn run(cfg: Config) -> Result<(), AgentError> {
     let board = Board::default();
+    for setting in settings::not_yet_supported(&cfg) {
+        tracing::warn!(
+            setting,
+            "configured but not implemented in this version: ignored"
+        );
+    }
     if let Some(addr) = cfg.agent.metrics_addr {
         let listener = tokio::net::TcpListener::bind(addr)
             .await

@@ -66,6 +66,37 @@ pub fn capture(sync: &ConntrackSync) -> Result<CaptureConfig, TransportError> {
     })
 }
 
+/// Settings the configuration accepts but this version does not act on yet, so the
+/// operator is told instead of silently ignored.
+pub fn not_yet_supported(cfg: &Config) -> Vec<&'static str> {
+    let r = &cfg.replication;
+    let ha = &r.ha;
+    let sync = &ha.conntrack_sync;
+    let checks = [
+        (!ha.virtual_ips.is_empty(), "ha.virtual_ip"),
+        (!ha.virtual_macs.is_empty(), "ha.virtual_mac"),
+        (!ha.monitor_interfaces.is_empty(), "ha.monitor_interfaces"),
+        (
+            !ha.down_interfaces_before_sync.is_empty(),
+            "ha.down_interfaces_before_sync",
+        ),
+        (ha.notify_command.is_some(), "ha.notify_command"),
+        (r.listen_addr.is_some(), "listen_addr (replication channel)"),
+        (r.primary_addr.is_some(), "primary_addr"),
+        (
+            r.tls_cert.is_some() || r.tls_ca.is_some() || r.tls_mutual,
+            "tls_*",
+        ),
+        (sync.expect_sync, "conntrack_sync.expect_sync"),
+        (!sync.sync_delay.is_zero(), "conntrack_sync.sync_delay_ms"),
+        (!sync.filters.is_empty(), "conntrack_sync.filter"),
+    ];
+    checks
+        .into_iter()
+        .filter_map(|(set, name)| set.then_some(name))
+        .collect()
+}
+
 /// The first IPv4 address of `ifname`, if any.
 pub fn interface_ipv4(ifname: &str) -> Option<Ipv4Addr> {
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
@@ -114,6 +145,18 @@ mod tests {
         let addr = ns.enter(|| interface_ipv4("lo")).unwrap();
         assert_eq!(addr, Some(Ipv4Addr::LOCALHOST));
         assert_eq!(ns.enter(|| interface_ipv4("nope0")).unwrap(), None);
+    }
+
+    #[test]
+    fn unsupported_settings_are_named() {
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../examples/two-node-a.hcl"
+        ))
+        .unwrap();
+        let cfg = crate::config::parse(&text, "two-node-a.hcl").unwrap();
+        let named = not_yet_supported(&cfg);
+        assert!(named.contains(&"ha.virtual_ip"), "{named:?}");
     }
 
     #[test]

@@ -544,14 +544,15 @@ pub(crate) fn leaf(path: &str) -> &str {
     path.rfind('.').map_or(path, |i| &path[i + 1..])
 }
 
-/// Renders [`BLOCKS`] and [`REFERENCE`] as Markdown.
+/// Renders [`BLOCKS`] and [`REFERENCE`] as Markdown (level-3 headings: it is embedded
+/// in the README under "Configuration reference").
 pub(crate) fn render_reference() -> String {
     use std::fmt::Write as _;
-    let mut s = String::from("# hasync configuration reference\n");
+    let mut s = String::new();
     for b in BLOCKS {
         let _ = write!(
             s,
-            "\n## `{}`{}\n\n{}\n\n| Attribute | Type | Default | Description |\n|---|---|---|---|\n",
+            "\n### `{}`{}\n\n{}\n\n| Attribute | Type | Default | Description |\n|---|---|---|---|\n",
             b.path,
             if b.repeatable { " (repeatable)" } else { "" },
             b.description
