@@ -176,3 +176,49 @@ fn follows_tcp_state_changes_and_refreshes() {
         "window scale flags: {flags:?}"
     );
 }
+
+#[test]
+fn ignores_loopback_and_the_ignored_interface() {
+    let (a, _b) = pair();
+    let ifindex = a
+        .enter(|| hasync::sync::transport::ifindex("va").unwrap())
+        .unwrap();
+    let mut cap = a
+        .enter(|| Capture::start(&CaptureConfig::default()))
+        .unwrap()
+        .unwrap();
+    // Loopback: never reported.
+    a.enter(|| {
+        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+        for p in 0..20u16 {
+            s.send_to(b"x", ("127.0.0.1", 30000 + p)).unwrap();
+        }
+    })
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut events = 0;
+    cap.drain(usize::MAX, |_, _| events += 1);
+    assert_eq!(events, 0, "loopback flows are local to the node");
+    assert!(cap.counters().unwrap().filtered >= 20);
+    drop(cap);
+
+    // The same capture told to ignore `va` (as the agent does with the sync link).
+    let cfg = CaptureConfig {
+        ignore_ifindex: [1, ifindex, 0],
+        ..CaptureConfig::default()
+    };
+    let mut cap = a.enter(|| Capture::start(&cfg)).unwrap().unwrap();
+    a.enter(|| {
+        let s = UdpSocket::bind("10.81.0.1:0").unwrap();
+        s.send_to(b"x", ("10.81.0.2", 20001)).unwrap();
+    })
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut events = 0;
+    cap.drain(usize::MAX, |_, _| events += 1);
+    assert_eq!(
+        events, 0,
+        "traffic on the ignored interface is not reported"
+    );
+    assert!(cap.counters().unwrap().filtered >= 1);
+}

@@ -188,8 +188,19 @@ fn peer_table_equals_primary_table() {
     let ma = metrics(&lab.fw_a.ns);
     assert_eq!(metric(&ma, "ringbuf_drops_total", ""), 0.0, "{ma}");
     let mb = metrics(&lab.fw_b.ns);
-    // B never sent A anything back (no echo of installed entries).
-    assert_eq!(metric(&mb, "sync_sent_records_total", ""), 0.0, "{mb}");
+    // No echo: B never sent A's entries back (A would have updated or deleted them).
+    // B may report flows of its own, e.g. IPv6 neighbour discovery on its LAN port.
+    assert_eq!(metric(&mb, "deletes_total", "action=\"sent\""), 0.0, "{mb}");
+    assert_eq!(
+        metric(&ma, "installs_total", "result=\"updated\""),
+        0.0,
+        "{ma}"
+    );
+    assert_eq!(
+        metric(&ma, "installs_total", "result=\"deleted\""),
+        0.0,
+        "{ma}"
+    );
     let log_b = b.stop();
     assert!(!log_b.contains("ERROR"), "{log_b}");
     let log_a = a.stop();
@@ -239,4 +250,103 @@ fn wrong_key_installs_nothing_and_counts_rejects() {
         b.log_text()
     );
     drop(a);
+}
+
+/// The peer's copy of a live entry must not expire while the owner keeps it alive:
+/// the program refreshes the peer whenever the owner's timeout has grown by more than
+/// half of what the peer was told. Once traffic stops, the entry leaves both nodes and
+/// the peer's own expiry is never reported back to the owner.
+#[test]
+fn refreshed_while_alive_and_gone_after() {
+    let lab = lab("rfsh");
+    for fw in lab.firewalls() {
+        fw.ns
+            .sysctl("net.netfilter.nf_conntrack_udp_timeout_stream", "6")
+            .unwrap();
+        fw.ns
+            .sysctl("net.netfilter.nf_conntrack_udp_timeout", "4")
+            .unwrap();
+    }
+    let (_a, _b) = start_pair(&lab, SECRET);
+    let echo = lab
+        .server
+        .enter(|| std::net::UdpSocket::bind(format!("{SERVER_IP}:7000")).unwrap())
+        .unwrap();
+    echo.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let echo_thread = std::thread::spawn(move || {
+        let mut buf = [0u8; 16];
+        while let Ok((n, from)) = echo.recv_from(&mut buf) {
+            let _ = echo.send_to(&buf[..n], from);
+        }
+    });
+    let client = lab
+        .client
+        .enter(|| std::net::UdpSocket::bind(format!("{CLIENT_IP}:41234")).unwrap())
+        .unwrap();
+    let started = std::time::Instant::now();
+    let on_b = |lab: &Lab| {
+        forwarded(&lab.fw_b)
+            .iter()
+            .any(|l| l.line.contains("sport=41234"))
+    };
+    // 15 s of one packet per second: three times the stream timeout.
+    while started.elapsed() < Duration::from_secs(15) {
+        client.send_to(b"ping", (SERVER_IP, 7000)).unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        if started.elapsed() > Duration::from_secs(2) {
+            assert!(
+                on_b(&lab),
+                "B lost the live entry after {:?}",
+                started.elapsed()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let ma = metrics(&lab.fw_a.ns);
+    assert!(
+        metric(&ma, "program_events_total", "kind=\"refresh\"") >= 2.0,
+        "{ma}"
+    );
+    // Traffic stops: gone from B within the stream timeout (plus slack).
+    testkit::wait_for(Duration::from_secs(15), "entry to leave B", || {
+        (!on_b(&lab)).then_some(())
+    })
+    .unwrap();
+    echo_thread.join().unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    // B may report flows of its own (e.g. IPv6 neighbour discovery on its LAN port),
+    // but never a deletion of the peer's entry.
+    let mb = metrics(&lab.fw_b.ns);
+    assert_eq!(metric(&mb, "deletes_total", "action=\"sent\""), 0.0, "{mb}");
+    let ma = metrics(&lab.fw_a.ns);
+    assert_eq!(
+        metric(&ma, "installs_total", "result=\"deleted\""),
+        0.0,
+        "{ma}"
+    );
+    assert_eq!(
+        metric(&ma, "installs_total", "result=\"delete_not_found\""),
+        0.0,
+        "{ma}"
+    );
+}
+
+#[test]
+fn unicast_sync_when_no_multicast_group() {
+    let lab = lab("uni");
+    let unicast = "      multicast_group = \"\"";
+    let cfg = |mode: &str, peer: &str| {
+        node_config(mode, peer, SECRET, "")
+            .replace("      multicast_group = \"225.0.0.50\"", unicast)
+    };
+    let _a = Agent::start(&lab.fw_a.ns, "fw-a", &cfg("primary", SYNC_B));
+    let _b = Agent::start(&lab.fw_b.ns, "fw-b", &cfg("replica", SYNC_A));
+    let client: std::net::IpAddr = CLIENT_IP.parse().unwrap();
+    udp_flows(
+        &lab.client,
+        SocketAddr::new(client, 40000),
+        SERVER_IP.parse().unwrap(),
+        20000..21000,
+    );
+    wait_tables_equal(&lab.fw_a, &lab.fw_b, 1000, Duration::from_secs(20));
 }
