@@ -8,6 +8,7 @@ pub mod agent;
 pub mod capture;
 pub mod config;
 pub mod conntrack;
+pub mod control;
 pub mod kernel;
 pub mod metrics;
 pub mod sync;

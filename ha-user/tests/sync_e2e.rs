@@ -129,12 +129,16 @@ fn peer_table_equals_primary_table() {
 
     let total = 10_000 + 100 + 100 + 100 + 200 + 1000;
     let table = wait_tables_equal(&lab.fw_a, &lab.fw_b, total, Duration::from_secs(60));
-    // Timeouts travel too: B's copy expires when A's entry did at its last event
-    // (seconds rounded up), so the two differ by at most a couple of seconds here.
+    // Timeouts travel too: B's copy lives 1.5x what A had left at its last event (so
+    // it never expires before A's entry), give or take the seconds this check takes.
     let (ta, tb) = (forwarded(&lab.fw_a), forwarded(&lab.fw_b));
     for (x, y) in ta.iter().zip(&tb) {
+        let (lo, hi) = (
+            x.timeout.saturating_sub(3),
+            x.timeout + x.timeout.div_ceil(2) + 3,
+        );
         assert!(
-            x.timeout.abs_diff(y.timeout) <= 3,
+            (lo..=hi).contains(&y.timeout),
             "timeouts {} vs {}: {}",
             x.timeout,
             y.timeout,
@@ -313,19 +317,60 @@ fn refreshed_while_alive_and_gone_after() {
     })
     .unwrap();
     echo_thread.join().unwrap();
-    std::thread::sleep(Duration::from_secs(1));
-    // B may report flows of its own (e.g. IPv6 neighbour discovery on its LAN port),
-    // but never a deletion of the peer's entry.
-    let mb = metrics(&lab.fw_b.ns);
-    assert_eq!(metric(&mb, "deletes_total", "action=\"sent\""), 0.0, "{mb}");
+}
+
+/// When the peer's copy of a live entry expires first (here forced with
+/// `conntrack -U -t 1` on B), B must not report the expiry: the owner still uses it.
+#[test]
+fn replica_expiry_is_not_reported_back() {
+    let lab = lab("rexp");
+    let (_a, _b) = start_pair(&lab, SECRET);
+    let client = lab
+        .client
+        .enter(|| std::net::UdpSocket::bind(format!("{CLIENT_IP}:41235")).unwrap())
+        .unwrap();
+    let send = || client.send_to(b"ping", (SERVER_IP, 7000)).unwrap();
+    let has =
+        |fw: &testkit::lab::Firewall| forwarded(fw).iter().any(|l| l.line.contains("sport=41235"));
+    send();
+    testkit::wait_for(Duration::from_secs(10), "entry on B", || {
+        has(&lab.fw_b).then_some(())
+    })
+    .unwrap();
+    // Shorten B's copy to 1 s (conntrack -U would resend the NAT binding, which the
+    // kernel refuses on updates; our installer leaves it out).
+    lab.fw_b
+        .ns
+        .enter(|| {
+            use hasync::{conntrack::Change, kernel::ctnetlink};
+            let mut entry = ctnetlink::dump(None)
+                .unwrap()
+                .into_iter()
+                .find(|e| e.orig.sport() == 41235)
+                .expect("B holds the entry");
+            entry.timeout = 1;
+            let report = ctnetlink::Installer::new()
+                .unwrap()
+                .install(&[Change::Upsert { entry, new: false }]);
+            assert_eq!(report.updated, 1, "{report:?}");
+        })
+        .unwrap();
+    testkit::wait_for(Duration::from_secs(10), "B's copy to expire", || {
+        (!has(&lab.fw_b)).then_some(())
+    })
+    .unwrap();
+    wait_metric(
+        &lab.fw_b.ns,
+        "deletes_total",
+        "action=\"replica_expired\"",
+        1.0,
+        Duration::from_secs(5),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(has(&lab.fw_a), "A's live entry survived B's expiry");
     let ma = metrics(&lab.fw_a.ns);
     assert_eq!(
         metric(&ma, "installs_total", "result=\"deleted\""),
-        0.0,
-        "{ma}"
-    );
-    assert_eq!(
-        metric(&ma, "installs_total", "result=\"delete_not_found\""),
         0.0,
         "{ma}"
     );
@@ -349,4 +394,52 @@ fn unicast_sync_when_no_multicast_group() {
         20000..21000,
     );
     wait_tables_equal(&lab.fw_a, &lab.fw_b, 1000, Duration::from_secs(20));
+}
+
+/// A node that starts after its peer already holds connections gets the whole table
+/// (bulk resync), and reports itself in sync.
+#[test]
+fn late_joiner_receives_the_full_table() {
+    let lab = lab("late");
+    let a = Agent::start(
+        &lab.fw_a.ns,
+        "fw-a",
+        &node_config("primary", SYNC_B, SECRET, ""),
+    );
+    let client: std::net::IpAddr = CLIENT_IP.parse().unwrap();
+    for sport in 40000..40004u16 {
+        udp_flows(
+            &lab.client,
+            SocketAddr::new(client, sport),
+            SERVER_IP.parse().unwrap(),
+            20000..25000,
+        );
+    }
+    // Wait until A has captured everything, then start B.
+    wait_metric(
+        &lab.fw_a.ns,
+        "capture_events_total",
+        "",
+        20_000.0,
+        Duration::from_secs(20),
+    );
+    assert!(forwarded(&lab.fw_b).is_empty());
+    let _b = Agent::start(
+        &lab.fw_b.ns,
+        "fw-b",
+        &node_config("replica", SYNC_A, SECRET, ""),
+    );
+    wait_tables_equal(&lab.fw_a, &lab.fw_b, 20_000, Duration::from_secs(30));
+    wait_metric(&lab.fw_b.ns, "in_sync", "", 1.0, Duration::from_secs(10));
+    let mb = metrics(&lab.fw_b.ns);
+    assert!(metric(&mb, "full_syncs_total", "") >= 1.0, "{mb}");
+    assert!(
+        metric(&mb, "last_full_sync_timestamp_seconds", "") > 0.0,
+        "{mb}"
+    );
+    assert!(
+        a.log_text().contains("resync: table sent"),
+        "{}",
+        a.log_text()
+    );
 }

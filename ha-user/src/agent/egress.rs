@@ -24,13 +24,20 @@ use std::{
 
 use mio::{Events, Interest, Poll, Token, Waker, unix::SourceFd};
 
-use super::{replica::ReplicaSet, timer::Timer};
+use super::{
+    replica::ReplicaSet,
+    resync::{self, EgressCmd, Serving, SyncState},
+    timer::Timer,
+};
 use crate::{
     capture::Capture,
     conntrack::Change,
-    kernel::ctnetlink::{DestroyListener, Recv},
+    kernel::ctnetlink::{self, DestroyListener, Recv},
     metrics::{Board, Sample},
-    sync::Sender,
+    sync::{
+        Sender,
+        wire::{Control, ResyncDone, ResyncRequest},
+    },
 };
 
 const RING: Token = Token(0);
@@ -38,6 +45,7 @@ const DESTROY: Token = Token(1);
 const DRAIN: Token = Token(2);
 const TICK: Token = Token(3);
 pub const WAKE: Token = Token(4);
+const RESYNC: Token = Token(5);
 
 /// Events read per drain round before the loop looks at its other sources.
 const DRAIN_BATCH: usize = 8192;
@@ -72,12 +80,23 @@ pub struct Egress {
     pub stop: Arc<AtomicBool>,
     /// How long to wait for more events after a busy drain (2x the program's gap).
     pub drain_interval: Duration,
+    /// Commands from the rest of the agent (resync); arrive with a wake-up.
+    pub cmds: std::sync::mpsc::Receiver<EgressCmd>,
+    /// For the dump thread to hand its result back.
+    pub cmd_tx: std::sync::mpsc::Sender<EgressCmd>,
+    pub waker: Arc<Waker>,
+    pub sync_state: Arc<SyncState>,
+    /// The peer's addresses: its flows with us are not replicated in a resync.
+    pub sync_peers: Vec<std::net::IpAddr>,
 }
 
 struct Loop {
     e: Egress,
     drain_timer: Timer,
     tick_timer: Timer,
+    resync_timer: Timer,
+    serving: Option<Serving>,
+    dumping: bool,
     changes: Vec<(Change, u64)>,
     stats: Stats,
     next_publish: Instant,
@@ -90,33 +109,26 @@ impl Egress {
         let mut l = Loop {
             drain_timer: Timer::new()?,
             tick_timer: Timer::new()?,
+            resync_timer: Timer::new()?,
+            serving: None,
+            dumping: false,
             changes: Vec::with_capacity(DRAIN_BATCH),
             stats: Stats::default(),
             next_publish: Instant::now(),
             last_send_error: None,
             e: self,
         };
-        let reg = poll.registry();
-        reg.register(
-            &mut SourceFd(&l.e.capture.as_raw_fd()),
-            RING,
-            Interest::READABLE,
-        )?;
-        reg.register(
-            &mut SourceFd(&l.e.destroy.as_raw_fd()),
-            DESTROY,
-            Interest::READABLE,
-        )?;
-        reg.register(
-            &mut SourceFd(&l.drain_timer.as_raw_fd()),
-            DRAIN,
-            Interest::READABLE,
-        )?;
-        reg.register(
-            &mut SourceFd(&l.tick_timer.as_raw_fd()),
-            TICK,
-            Interest::READABLE,
-        )?;
+        let sources = [
+            (l.e.capture.as_raw_fd(), RING),
+            (l.e.destroy.as_raw_fd(), DESTROY),
+            (l.drain_timer.as_raw_fd(), DRAIN),
+            (l.tick_timer.as_raw_fd(), TICK),
+            (l.resync_timer.as_raw_fd(), RESYNC),
+        ];
+        for (fd, token) in sources {
+            poll.registry()
+                .register(&mut SourceFd(&fd), token, Interest::READABLE)?;
+        }
         l.tick_timer.arm(TICK_EVERY)?;
         // Entries queued before we started listening.
         l.drain_capture();
@@ -140,6 +152,11 @@ impl Egress {
                         l.tick_timer.ack();
                         l.on_tick();
                         l.tick_timer.arm(TICK_EVERY)?;
+                    }
+                    WAKE => l.on_commands(),
+                    RESYNC => {
+                        l.resync_timer.ack();
+                        l.serve_chunk();
                     }
                     _ => {}
                 }
@@ -183,6 +200,124 @@ impl Loop {
             // Busy: look again shortly instead of waiting for the program's wake-up.
             let _ = self.drain_timer.arm(self.e.drain_interval);
         }
+    }
+
+    fn on_commands(&mut self) {
+        while let Ok(cmd) = self.e.cmds.try_recv() {
+            match cmd {
+                EgressCmd::Request { request_id } => {
+                    tracing::info!(request_id, "resync: asking the peer for its table");
+                    self.e.sender.queue(Control::ResyncRequest(ResyncRequest {
+                        target: 0,
+                        request_id,
+                    }));
+                    self.send_ready();
+                }
+                EgressCmd::Serve {
+                    requester,
+                    request_id,
+                } => self.start_dump(requester, request_id),
+                EgressCmd::Dumped {
+                    requester,
+                    request_id,
+                    entries,
+                } => match entries {
+                    Ok(entries) => {
+                        tracing::info!(
+                            requester,
+                            request_id,
+                            entries = entries.len(),
+                            "resync: sending our table"
+                        );
+                        self.serving = Some(Serving {
+                            requester,
+                            request_id,
+                            entries,
+                            next: 0,
+                            started: Instant::now(),
+                        });
+                        self.dumping = false;
+                        self.serve_chunk();
+                    }
+                    Err(e) => {
+                        self.dumping = false;
+                        tracing::warn!(requester, error = %e, "resync: dumping the conntrack table failed");
+                    }
+                },
+            }
+        }
+    }
+
+    /// Dumps the kernel table on a helper thread; the loop keeps sending live events.
+    fn start_dump(&mut self, requester: u32, request_id: u32) {
+        // A repeated request (the requester's retry) for the table being dumped or
+        // served continues it.
+        let same = |s: &Serving| s.requester == requester && s.request_id == request_id;
+        if self.dumping || self.serving.as_ref().is_some_and(same) {
+            return;
+        }
+        self.serving = None;
+        self.dumping = true;
+        let (tx, waker, peers, replica) = (
+            self.e.cmd_tx.clone(),
+            self.e.waker.clone(),
+            self.e.sync_peers.clone(),
+            self.e.replica.clone(),
+        );
+        let spawned = std::thread::Builder::new()
+            .name("hasync-dump".into())
+            .spawn(move || {
+                // Only what this node owns: the peer's own entries are not sent back.
+                let entries = ctnetlink::dump(None)
+                    .map(|all| {
+                        all.into_iter()
+                            .filter(|e| {
+                                resync::replicable(e, &peers) && !replica.contains(&e.key())
+                            })
+                            .collect()
+                    })
+                    .map_err(|e| e.to_string());
+                let _ = tx.send(EgressCmd::Dumped {
+                    requester,
+                    request_id,
+                    entries,
+                });
+                let _ = waker.wake();
+            });
+        if let Err(e) = spawned {
+            self.dumping = false;
+            tracing::warn!(error = %e, "resync: cannot start the dump thread");
+        }
+    }
+
+    /// Sends one paced chunk of the table being served, then RESYNC_DONE at the end.
+    fn serve_chunk(&mut self) {
+        let Some(serving) = self.serving.as_mut() else {
+            return;
+        };
+        for change in serving.chunk() {
+            let _ = self.e.sender.push(&change);
+        }
+        if serving.done() {
+            let done = ResyncDone {
+                requester: serving.requester,
+                request_id: serving.request_id,
+                records: serving.entries.len() as u64,
+            };
+            tracing::info!(
+                requester = done.requester,
+                entries = done.records,
+                took_ms = serving.started.elapsed().as_millis() as u64,
+                "resync: table sent"
+            );
+            self.e.sync_state.served.fetch_add(1, Ordering::Relaxed);
+            self.e.sender.queue(Control::ResyncDone(done));
+            self.serving = None;
+        } else {
+            self.e.sender.flush();
+            let _ = self.resync_timer.arm(resync::PACE);
+        }
+        self.send_ready();
     }
 
     fn on_destroy(&mut self) {

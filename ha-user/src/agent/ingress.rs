@@ -18,7 +18,11 @@ use std::{
 
 use mio::{Events, Interest, Poll, Token, Waker, unix::SourceFd};
 
-use super::{replica::ReplicaSet, timer::Timer};
+use super::{
+    replica::ReplicaSet,
+    resync::{EgressCmd, SyncState},
+    timer::Timer,
+};
 use crate::{
     conntrack::Change,
     kernel::ctnetlink::Installer,
@@ -41,6 +45,12 @@ pub struct Ingress {
     pub replica: Arc<ReplicaSet>,
     pub board: Board,
     pub stop: Arc<AtomicBool>,
+    /// Our node id (resync requests and answers are addressed by it).
+    pub node: u32,
+    pub sync_state: Arc<SyncState>,
+    /// Resync requests from the peer go to the egress thread.
+    pub egress: std::sync::mpsc::Sender<EgressCmd>,
+    pub egress_waker: Arc<Waker>,
 }
 
 struct Loop {
@@ -124,8 +134,23 @@ impl Loop {
                                 "sync: datagrams missing"
                             );
                         }
-                        if let Payload::Alive(_) = got.payload {
-                            // Nothing to install; the receiver updated the peer's state.
+                        match got.payload {
+                            Payload::ResyncRequest(r)
+                                if r.target == 0 || r.target == self.i.node =>
+                            {
+                                let cmd = EgressCmd::Serve {
+                                    requester: got.node,
+                                    request_id: r.request_id,
+                                };
+                                if self.i.egress.send(cmd).is_ok() {
+                                    let _ = self.i.egress_waker.wake();
+                                }
+                            }
+                            Payload::ResyncDone(d) if d.requester == self.i.node => {
+                                self.on_resync_done(d)
+                            }
+                            // ALIVE and the rest only update the receiver's view of the peer.
+                            _ => {}
                         }
                     }
                     if self.changes.len() >= INSTALL_BATCH {
@@ -144,9 +169,53 @@ impl Loop {
         self.install();
     }
 
+    /// The peer finished sending its table: complete if nothing was lost on the way,
+    /// else ask again.
+    fn on_resync_done(&mut self, done: crate::sync::wire::ResyncDone) {
+        // Everything before RESYNC_DONE must be in the kernel first.
+        self.install();
+        let state = &self.i.sync_state;
+        if state.pending_request.load(Ordering::Relaxed) != done.request_id {
+            return; // an answer to an older request
+        }
+        let lost = self
+            .i
+            .receiver
+            .stats()
+            .lost
+            .saturating_sub(self.i.receiver.stats().recovered);
+        if lost > state.lost_at_request.load(Ordering::Relaxed) {
+            tracing::warn!(
+                request_id = done.request_id,
+                "resync: datagrams were lost during the transfer; asking again"
+            );
+            let request_id = done.request_id.wrapping_add(1).max(1);
+            state.requested(request_id, lost);
+            if self
+                .i
+                .egress
+                .send(EgressCmd::Request { request_id })
+                .is_ok()
+            {
+                let _ = self.i.egress_waker.wake();
+            }
+            return;
+        }
+        tracing::info!(
+            entries = done.records,
+            "resync: the peer's table is installed"
+        );
+        state.completed(done.records);
+    }
+
     fn install(&mut self) {
         if self.changes.is_empty() {
             return;
+        }
+        for change in &mut self.changes {
+            if let Change::Upsert { entry, .. } = change {
+                entry.timeout = replica_lifetime(entry.timeout);
+            }
         }
         self.i.installer.install(&self.changes);
         for change in &self.changes {
@@ -158,11 +227,17 @@ impl Loop {
             }
         }
         self.changes.clear();
+        let st = self.i.receiver.stats();
+        self.i
+            .sync_state
+            .lost_now
+            .store(st.lost.saturating_sub(st.recovered), Ordering::Relaxed);
     }
 
     fn publish(&self) {
         let rx = self.i.receiver.stats();
         let t = self.i.installer.totals();
+        let sync = &self.i.sync_state;
         let rejected = "Sync datagrams rejected, by reason";
         let installs = "Replicated changes applied to the kernel table, by result";
         let mut samples = vec![
@@ -217,6 +292,21 @@ impl Loop {
                 "Entries held here on behalf of the peer",
                 self.i.replica.len() as f64,
             ),
+            Sample::counter(
+                "full_syncs",
+                "Complete tables received from the peer (bulk resync)",
+                sync.full_syncs.load(Ordering::Relaxed),
+            ),
+            Sample::gauge(
+                "last_full_sync_timestamp_seconds",
+                "Unix time of the last complete bulk resync",
+                sync.last_full_sync.load(Ordering::Relaxed) as f64,
+            ),
+            Sample::gauge(
+                "in_sync",
+                "1 once the peer's full table has been installed",
+                f64::from(u8::from(sync.is_complete())),
+            ),
         ];
         for (errno, n) in t.errors_by_name() {
             samples.push(
@@ -250,6 +340,28 @@ impl Loop {
     }
 }
 
+/// How long the peer's entry lives here, given the seconds it had left at the owner.
+///
+/// The owner refreshes us only when its timeout has grown by more than half of what
+/// it last told us, so its entry can outlive that figure by up to half of it. Our copy
+/// gets the same margin and therefore never expires before the owner's entry; when
+/// the connection really ends, the owner's deletion removes it.
+pub fn replica_lifetime(timeout: u32) -> u32 {
+    timeout.saturating_add(timeout.div_ceil(2))
+}
+
 pub fn waker(poll: &Poll) -> io::Result<Waker> {
     Waker::new(poll.registry(), WAKE)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::replica_lifetime;
+
+    #[test]
+    fn replicas_outlive_the_owner_by_the_refresh_margin() {
+        assert_eq!(replica_lifetime(120), 180);
+        assert_eq!(replica_lifetime(1), 2);
+        assert_eq!(replica_lifetime(u32::MAX), u32::MAX);
+    }
 }

@@ -11,6 +11,7 @@
 pub mod egress;
 pub mod ingress;
 pub mod replica;
+pub mod resync;
 pub mod settings;
 pub mod timer;
 
@@ -69,8 +70,45 @@ fn io_err(op: &'static str) -> impl FnOnce(io::Error) -> AgentError {
 /// A data-path thread, its waker, and where it reports its end.
 struct Worker {
     name: &'static str,
-    waker: Waker,
+    waker: Arc<Waker>,
     handle: JoinHandle<()>,
+}
+
+/// Asks the peer for its full table until one arrives intact (a node that starts or
+/// rejoins has nothing, or a stale copy).
+async fn request_resync(
+    state: Arc<resync::SyncState>,
+    egress: std::sync::mpsc::Sender<resync::EgressCmd>,
+    waker: Arc<Waker>,
+) {
+    let mut request_id = 0u32;
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
+    loop {
+        tick.tick().await;
+        if state.is_complete() {
+            return;
+        }
+        let pending = state.pending_request.load(Ordering::Relaxed);
+        if pending == 0 {
+            request_id = request_id.wrapping_add(1).max(1);
+            state.requested(request_id, state.lost_now.load(Ordering::Relaxed));
+        } else if state.overdue() {
+            // Same id: a peer still serving it carries on instead of starting over.
+            request_id = pending;
+            state.retried();
+        } else {
+            continue;
+        }
+        {
+            if egress
+                .send(resync::EgressCmd::Request { request_id })
+                .is_err()
+            {
+                return;
+            }
+            let _ = waker.wake();
+        }
+    }
 }
 
 /// Runs the agent until SIGINT/SIGTERM or a data-path failure.
@@ -135,7 +173,11 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(&'static str, Result<(), String>)>();
 
     let egress_poll = Poll::new().map_err(io_err("creating the egress poll"))?;
-    let egress_waker = egress::waker(&egress_poll).map_err(io_err("creating the egress waker"))?;
+    let egress_waker =
+        Arc::new(egress::waker(&egress_poll).map_err(io_err("creating the egress waker"))?);
+    let (egress_tx, egress_rx) = std::sync::mpsc::channel();
+    let sync_state = Arc::new(resync::SyncState::default());
+    let sync_peers: Vec<std::net::IpAddr> = cfg.replication.peer_addr.into_iter().collect();
     let egress = egress::Egress {
         capture,
         destroy,
@@ -147,6 +189,11 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
         board: board.clone(),
         stop: stop.clone(),
         drain_interval: (sync_cfg.wakeup_min_gap * 2).max(std::time::Duration::from_micros(100)),
+        cmds: egress_rx,
+        cmd_tx: egress_tx.clone(),
+        waker: egress_waker.clone(),
+        sync_state: sync_state.clone(),
+        sync_peers,
     };
     let ingress_poll = Poll::new().map_err(io_err("creating the ingress poll"))?;
     let ingress_waker =
@@ -158,16 +205,21 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
         replica,
         board: board.clone(),
         stop: stop.clone(),
+        node,
+        sync_state: sync_state.clone(),
+        egress: egress_tx.clone(),
+        egress_waker: egress_waker.clone(),
     };
 
     let workers = vec![
-        spawn("egress", egress_waker, done_tx.clone(), move || {
+        spawn("egress", egress_waker.clone(), done_tx.clone(), move || {
             egress.run(egress_poll)
         })?,
-        spawn("ingress", ingress_waker, done_tx, move || {
+        spawn("ingress", Arc::new(ingress_waker), done_tx, move || {
             ingress.run(ingress_poll)
         })?,
     ];
+    tokio::spawn(request_resync(sync_state.clone(), egress_tx, egress_waker));
     tracing::info!(
         node,
         epoch,
@@ -201,7 +253,7 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
 
 fn spawn(
     name: &'static str,
-    waker: Waker,
+    waker: Arc<Waker>,
     done: mpsc::UnboundedSender<(&'static str, Result<(), String>)>,
     body: impl FnOnce() -> io::Result<()> + Send + 'static,
 ) -> Result<Worker, AgentError> {

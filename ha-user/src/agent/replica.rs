@@ -52,6 +52,16 @@ impl ReplicaSet {
         }
     }
 
+    /// Whether `key` is the peer's entry.
+    pub fn contains(&self, key: &Key) -> bool {
+        if self.len.load(Ordering::Relaxed) == 0 {
+            return false;
+        }
+        self.keys
+            .lock()
+            .is_ok_and(|keys| keys.contains(&fingerprint(key)))
+    }
+
     pub fn len(&self) -> usize {
         self.len.load(Ordering::Relaxed)
     }

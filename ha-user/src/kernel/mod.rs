@@ -1,3 +1,5 @@
 //! Everything that talks to the kernel besides the eBPF program.
 
+pub mod announce;
 pub mod ctnetlink;
+pub mod rtnetlink;

@@ -112,6 +112,6 @@ mod tests {
         for (i, k) in RejectKind::ALL.iter().enumerate() {
             assert_eq!(c.get(*k), i as u64 + 1);
         }
-        assert_eq!(c.total(), (1..=RejectKind::COUNT as u64).sum());
+        assert_eq!(c.total(), (1..=RejectKind::COUNT as u64).sum::<u64>());
     }
 }

@@ -584,9 +584,7 @@ fn installs_nat_icmp_v6_mark_zone() {
 
     let lines = ct_lines(&ns);
     let want = [
-        // testkit's normaliser drops every `id=` field, ICMP ids included; the id is
-        // checked through our dump below.
-        "ipv4 2 icmp 1 src=10.0.0.5 dst=192.0.2.9 type=8 code=0 src=192.0.2.9 dst=10.0.0.5 type=0 code=0 mark=0",
+        "ipv4 2 icmp 1 src=10.0.0.5 dst=192.0.2.9 type=8 code=0 id=77 src=192.0.2.9 dst=10.0.0.5 type=0 code=0 id=77 mark=0",
         "ipv4 2 tcp 6 ESTABLISHED src=10.0.0.5 dst=192.0.2.9 sport=40000 dport=80 src=192.0.2.9 dst=198.51.100.1 sport=80 dport=61000 [ASSURED] mark=0",
         "ipv4 2 udp 17 src=10.1.1.1 dst=10.1.1.2 sport=1 dport=2 [UNREPLIED] src=10.1.1.2 dst=10.1.1.1 sport=2 dport=1 mark=66 zone=7",
         "ipv4 2 udp 17 src=192.0.2.9 dst=198.51.100.1 sport=5000 dport=53 src=10.0.0.53 dst=192.0.2.9 sport=5353 dport=5000 mark=0",
