@@ -6,8 +6,10 @@
 
 pub mod agent;
 pub mod capture;
+pub mod cli;
 pub mod config;
 pub mod conntrack;
+pub mod ha;
 pub mod control;
 pub mod kernel;
 pub mod metrics;

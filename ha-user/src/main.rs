@@ -4,7 +4,10 @@ use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use hasync::config::{self, schema::LogFormat};
+use hasync::{
+    config::{self, schema::LogFormat},
+    control::{Request, Response, client},
+};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -36,6 +39,41 @@ enum Cmd {
     },
     /// Print the configuration reference (every block and attribute).
     ConfigReference,
+    /// Role, peer, sync state, counters and the failover timeline of the running agent.
+    Status {
+        /// The agent's answer as JSON (for scripts).
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Make this node primary now; the peer steps down.
+    Promote {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Maintenance: give up the primary role and do not take it back until `resume`.
+    Demote {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Leave maintenance (or a promotion): automatic election resumes.
+    Resume {
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+/// Which agent to talk to.
+#[derive(clap::Args)]
+struct Target {
+    /// The control socket (default: `agent.control_socket` of --config, else
+    /// /run/hasync/hasync.sock).
+    #[arg(long, env = "HASYNC_SOCKET")]
+    socket: Option<PathBuf>,
+    /// Read the control socket path from this configuration file.
+    #[arg(long, short, env = "HASYNC_CONFIG")]
+    config: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -56,6 +94,10 @@ fn main() -> ExitCode {
             print!("{}", config::reference());
             ExitCode::SUCCESS
         }
+        Cmd::Status { json, target } => control(&target, Request::Status, json),
+        Cmd::Promote { target } => control(&target, Request::Promote, false),
+        Cmd::Demote { target } => control(&target, Request::Demote, false),
+        Cmd::Resume { target } => control(&target, Request::Resume, false),
         Cmd::Run { config, log_level } => match run(&config, log_level.as_deref()) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -63,6 +105,39 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
+    }
+}
+
+/// Sends one request to the running agent and prints its answer.
+fn control(target: &Target, request: Request, json: bool) -> ExitCode {
+    let path = match hasync::cli::socket_path(target.socket.as_deref(), target.config.as_deref()) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("hasync: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match client::call(&path, &request) {
+        Ok(Response::Status(v)) if json => {
+            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            ExitCode::SUCCESS
+        }
+        Ok(Response::Status(v)) => {
+            print!("{}", hasync::cli::status::render(&v));
+            ExitCode::SUCCESS
+        }
+        Ok(Response::Done { message }) => {
+            println!("{message}");
+            ExitCode::SUCCESS
+        }
+        Ok(Response::Error { message }) => {
+            eprintln!("hasync: {message}");
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("hasync: {e}");
+            ExitCode::from(1)
+        }
     }
 }
 

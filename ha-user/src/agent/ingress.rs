@@ -51,6 +51,38 @@ pub struct Ingress {
     /// Resync requests from the peer go to the egress thread.
     pub egress: std::sync::mpsc::Sender<EgressCmd>,
     pub egress_waker: Arc<Waker>,
+    /// Commit barriers from the HA driver (arrive with a wake-up).
+    pub cmds: std::sync::mpsc::Receiver<IngressCmd>,
+}
+
+/// Requests for the ingress thread.
+#[derive(Debug)]
+pub enum IngressCmd {
+    /// Install everything received so far, then answer with the number of changes.
+    Barrier(tokio::sync::oneshot::Sender<u64>),
+}
+
+/// The takeover's first step: "every sync datagram already received is in the kernel".
+#[derive(Clone)]
+pub struct Barrier {
+    pub tx: std::sync::mpsc::Sender<IngressCmd>,
+    pub waker: Arc<Waker>,
+}
+
+impl Barrier {
+    /// Resolves once the ingress thread has drained its socket into the kernel.
+    pub async fn commit(&self, timeout: Duration) -> Result<u64, String> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.tx
+            .send(IngressCmd::Barrier(reply))
+            .map_err(|_| "the ingress thread is gone".to_string())?;
+        let _ = self.waker.wake();
+        match tokio::time::timeout(timeout, answer).await {
+            Ok(Ok(n)) => Ok(n),
+            Ok(Err(_)) => Err("the ingress thread dropped the barrier".into()),
+            Err(_) => Err(format!("not confirmed within {timeout:?}")),
+        }
+    }
 }
 
 struct Loop {
@@ -94,6 +126,7 @@ impl Ingress {
                         l.publish();
                         l.tick.arm(PUBLISH_EVERY)?;
                     }
+                    WAKE => l.on_commands(),
                     _ => {}
                 }
             }
@@ -167,6 +200,24 @@ impl Loop {
             }
         }
         self.install();
+    }
+
+    fn on_commands(&mut self) {
+        while let Ok(cmd) = self.i.cmds.try_recv() {
+            match cmd {
+                IngressCmd::Barrier(reply) => {
+                    let before = self.installed();
+                    self.receive();
+                    let _ = reply.send(self.installed() - before);
+                }
+            }
+        }
+    }
+
+    /// Changes applied so far (created, updated, deleted).
+    fn installed(&self) -> u64 {
+        let t = self.i.installer.totals();
+        t.created + t.updated + t.deleted + t.delete_not_found
     }
 
     /// The peer finished sending its table: complete if nothing was lost on the way,

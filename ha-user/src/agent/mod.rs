@@ -1,13 +1,15 @@
-//! The agent: wires the data path together and runs it.
+//! The agent: wires the data path, the HA driver and the control socket, and runs them.
 //!
 //! ```text
 //! egress thread:  capture (ring buffer + destroy events) -> sync::Sender -> UDP
 //! ingress thread: UDP -> sync::Receiver -> kernel::ctnetlink::Installer
-//! tokio runtime:  signals, metrics endpoint (control, heartbeat: later)
+//! tokio runtime:  HA driver (heartbeats, election, takeover), control socket,
+//!                 metrics endpoint, signals
 //! ```
-//! The two data-path threads each own their state and block in epoll; the runtime
-//! only starts and stops them.
+//! The two data-path threads each own their state and block in epoll.
 
+pub mod control;
+pub mod datapath;
 pub mod egress;
 pub mod ingress;
 pub mod replica;
@@ -15,30 +17,24 @@ pub mod resync;
 pub mod settings;
 pub mod timer;
 
-use std::{
-    io,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-    thread::JoinHandle,
-    time::Instant,
-};
+use std::{io, net::SocketAddr, sync::Arc, time::Instant};
 
-use mio::{Poll, Waker};
 use tokio::sync::mpsc;
 
 use crate::{
-    capture::{Capture, CaptureError},
+    capture::CaptureError,
     config::schema::Config,
-    kernel::ctnetlink::{CtnlError, DestroyListener, Installer},
-    metrics::{self, Board},
-    sync::{
-        self, KeyError, KeyRing, Receiver, ReceiverConfig, Sender, SenderConfig, SyncKey,
-        transport::TransportError,
+    control::server::{ControlError, Server},
+    ha::{
+        self, Election, ElectionConfig, HeartbeatReceiver,
+        driver::{Driver, DriverConfig, Links},
+        takeover::Owned,
     },
+    kernel::ctnetlink::CtnlError,
+    metrics::{self, Board},
+    sync::{self, KeyError, transport::TransportError},
 };
-use replica::ReplicaSet;
+use datapath::DataPath;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -52,8 +48,16 @@ pub enum AgentError {
     Key(#[from] KeyError),
     #[error("sync sender: {0}")]
     Sender(#[from] sync::ConfigError),
-    #[error("conntrack sync needs `secret_key`: every datagram is authenticated")]
+    #[error("HA: {0}")]
+    Election(#[from] ha::ConfigError),
+    #[error("HA driver: {0}")]
+    Driver(#[from] ha::driver::DriverError),
+    #[error(transparent)]
+    Control(#[from] ControlError),
+    #[error("HA and sync need `secret_key`: every heartbeat and datagram is authenticated")]
     NoSecret,
+    #[error("HA needs `peer_addr`")]
+    NoPeer,
     #[error("{op}: {source}")]
     Io { op: &'static str, source: io::Error },
     #[error("the {thread} thread stopped: {reason}")]
@@ -63,56 +67,13 @@ pub enum AgentError {
     },
 }
 
-fn io_err(op: &'static str) -> impl FnOnce(io::Error) -> AgentError {
+pub(crate) fn io_err(op: &'static str) -> impl FnOnce(io::Error) -> AgentError {
     move |source| AgentError::Io { op, source }
 }
 
-/// A data-path thread, its waker, and where it reports its end.
-struct Worker {
-    name: &'static str,
-    waker: Arc<Waker>,
-    handle: JoinHandle<()>,
-}
-
-/// Asks the peer for its full table until one arrives intact (a node that starts or
-/// rejoins has nothing, or a stale copy).
-async fn request_resync(
-    state: Arc<resync::SyncState>,
-    egress: std::sync::mpsc::Sender<resync::EgressCmd>,
-    waker: Arc<Waker>,
-) {
-    let mut request_id = 0u32;
-    let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
-    loop {
-        tick.tick().await;
-        if state.is_complete() {
-            return;
-        }
-        let pending = state.pending_request.load(Ordering::Relaxed);
-        if pending == 0 {
-            request_id = request_id.wrapping_add(1).max(1);
-            state.requested(request_id, state.lost_now.load(Ordering::Relaxed));
-        } else if state.overdue() {
-            // Same id: a peer still serving it carries on instead of starting over.
-            request_id = pending;
-            state.retried();
-        } else {
-            continue;
-        }
-        {
-            if egress
-                .send(resync::EgressCmd::Request { request_id })
-                .is_err()
-            {
-                return;
-            }
-            let _ = waker.wake();
-        }
-    }
-}
-
-/// Runs the agent until SIGINT/SIGTERM or a data-path failure.
+/// Runs the agent until SIGINT/SIGTERM or a fatal failure.
 pub async fn run(cfg: Config) -> Result<(), AgentError> {
+    let started = Instant::now();
     let board = Board::default();
     for setting in settings::not_yet_supported(&cfg) {
         tracing::warn!(
@@ -127,151 +88,144 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
         tracing::info!(%addr, "metrics endpoint listening");
         tokio::spawn(metrics::http::run(listener, board.clone()));
     }
-    let sync_cfg = &cfg.replication.ha.conntrack_sync;
-    if !sync_cfg.enabled {
-        tracing::warn!("conntrack_sync is disabled: nothing to replicate; waiting for a signal");
-        wait_for_signal().await;
-        return Ok(());
-    }
-    let secret = cfg
-        .replication
-        .secret_key
-        .as_ref()
-        .ok_or(AgentError::NoSecret)?;
+    let ha_cfg = &cfg.replication.ha;
+    let sync_cfg = &ha_cfg.conntrack_sync;
     let node = settings::node_id(&cfg);
     let epoch = sync::sender::random_epoch().map_err(|e| AgentError::Io {
         op: "drawing a random epoch",
         source: io::Error::other(e.to_string()),
     })?;
-
-    let transport = settings::transport(&cfg);
-    let dest = transport.destination()?;
-    let tx = transport.open_sender()?;
-    let rx = transport.open_receiver()?;
-    let installer = Installer::new()?;
-    let installer_portid = installer.portid();
-    let destroy = DestroyListener::new()?;
-    let capture = Capture::start(&settings::capture(sync_cfg)?)?;
-    if !capture.missing_fields.is_empty() {
-        tracing::info!(fields = ?capture.missing_fields, "kernel lacks optional conntrack fields; not replicated");
+    let secret = cfg
+        .replication
+        .secret_key
+        .as_ref()
+        .map(|s| s.as_bytes().to_vec());
+    if (ha_cfg.enabled || sync_cfg.enabled) && secret.is_none() {
+        return Err(AgentError::NoSecret);
     }
-    let sender_cfg = SenderConfig {
-        max_datagram: sync_cfg.max_datagram_size as usize,
-        ..SenderConfig::new(node, epoch)
-    };
-    let sender = Sender::new(
-        sender_cfg,
-        SyncKey::derive(secret.as_bytes())?,
-        Instant::now(),
-    )?;
-    let receiver = Receiver::new(
-        ReceiverConfig::new(node),
-        KeyRing::from_secrets(secret.as_bytes(), None)?,
-    );
-    let replica = Arc::new(ReplicaSet::default());
-    let stop = Arc::new(AtomicBool::new(false));
-    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(&'static str, Result<(), String>)>();
+    let secret = secret.unwrap_or_default();
 
-    let egress_poll = Poll::new().map_err(io_err("creating the egress poll"))?;
-    let egress_waker =
-        Arc::new(egress::waker(&egress_poll).map_err(io_err("creating the egress waker"))?);
-    let (egress_tx, egress_rx) = std::sync::mpsc::channel();
-    let sync_state = Arc::new(resync::SyncState::default());
-    let sync_peers: Vec<std::net::IpAddr> = cfg.replication.peer_addr.into_iter().collect();
-    let egress = egress::Egress {
-        capture,
-        destroy,
-        sender,
-        socket: tx,
-        dest,
-        installer_portid,
-        replica: replica.clone(),
-        board: board.clone(),
-        stop: stop.clone(),
-        drain_interval: (sync_cfg.wakeup_min_gap * 2).max(std::time::Duration::from_micros(100)),
-        cmds: egress_rx,
-        cmd_tx: egress_tx.clone(),
-        waker: egress_waker.clone(),
-        sync_state: sync_state.clone(),
-        sync_peers,
+    let mut data = if sync_cfg.enabled {
+        Some(DataPath::start(&cfg, node, epoch, &secret, &board)?)
+    } else {
+        None
     };
-    let ingress_poll = Poll::new().map_err(io_err("creating the ingress poll"))?;
-    let ingress_waker =
-        ingress::waker(&ingress_poll).map_err(io_err("creating the ingress waker"))?;
-    let ingress = ingress::Ingress {
-        socket: rx,
-        receiver,
-        installer,
-        replica,
-        board: board.clone(),
-        stop: stop.clone(),
+
+    let (ha_tx, ha_task) = if ha_cfg.enabled {
+        let (tx, rx) = mpsc::channel(16);
+        let driver = ha_driver(&cfg, node, epoch, &secret, data.as_ref(), &board)?;
+        (Some(tx), Some(tokio::spawn(driver.run(rx))))
+    } else {
+        (None, None)
+    };
+
+    let server = Server::bind(&cfg.agent.control_socket).await?;
+    let handler = control::ControlHandler {
         node,
-        sync_state: sync_state.clone(),
-        egress: egress_tx.clone(),
-        egress_waker: egress_waker.clone(),
+        mode: cfg.replication.mode.as_str(),
+        started,
+        ha: ha_tx,
+        sync: data
+            .as_ref()
+            .map(|d| (d.sync_state.clone(), d.replica.clone())),
+        board: board.clone(),
     };
+    let control = tokio::spawn(server.run(Arc::new(handler)));
 
-    let workers = vec![
-        spawn("egress", egress_waker.clone(), done_tx.clone(), move || {
-            egress.run(egress_poll)
-        })?,
-        spawn("ingress", Arc::new(ingress_waker), done_tx, move || {
-            ingress.run(ingress_poll)
-        })?,
-    ];
-    tokio::spawn(request_resync(sync_state.clone(), egress_tx, egress_waker));
     tracing::info!(
         node,
         epoch,
-        %dest,
-        interface = sync_cfg.interface.as_deref().unwrap_or("-"),
         mode = cfg.replication.mode.as_str(),
-        "hasync ready: capturing and replicating conntrack state"
+        sync = sync_cfg.enabled,
+        ha = ha_cfg.enabled,
+        dest = %data.as_ref().map(|d| d.destination.to_string()).unwrap_or_else(|| "-".into()),
+        control = %cfg.agent.control_socket.display(),
+        "hasync ready"
     );
 
-    let outcome = tokio::select! {
-        _ = wait_for_signal() => Ok(()),
-        Some((thread, result)) = done_rx.recv() => match result {
-            Ok(()) => Err(AgentError::Thread { thread, reason: "exited unexpectedly".into() }),
-            Err(reason) => Err(AgentError::Thread { thread, reason }),
-        },
-    };
-    stop.store(true, Ordering::Relaxed);
-    for w in &workers {
-        let _ = w.waker.wake();
-    }
-    for w in workers {
-        let name = w.name;
-        let joined = tokio::task::spawn_blocking(move || w.handle.join()).await;
-        if !matches!(joined, Ok(Ok(()))) {
-            tracing::error!(thread = name, "data-path thread panicked");
-        }
+    let outcome = wait(&mut data, ha_task).await;
+    control.abort();
+    if let Some(d) = data {
+        d.stop().await;
     }
     tracing::info!("hasync stopped");
     outcome
 }
 
-fn spawn(
-    name: &'static str,
-    waker: Arc<Waker>,
-    done: mpsc::UnboundedSender<(&'static str, Result<(), String>)>,
-    body: impl FnOnce() -> io::Result<()> + Send + 'static,
-) -> Result<Worker, AgentError> {
-    let handle = std::thread::Builder::new()
-        .name(format!("hasync-{name}"))
-        .spawn(move || {
-            let result = body().map_err(|e| e.to_string());
-            if let Err(e) = &result {
-                tracing::error!(thread = name, error = %e, "data-path thread failed");
-            }
-            let _ = done.send((name, result));
-        })
-        .map_err(io_err("spawning a data-path thread"))?;
-    Ok(Worker {
-        name,
-        waker,
-        handle,
-    })
+/// Until a signal (clean stop) or a component fails.
+async fn wait(
+    data: &mut Option<DataPath>,
+    ha_task: Option<tokio::task::JoinHandle<Result<(), ha::driver::DriverError>>>,
+) -> Result<(), AgentError> {
+    let thread_end = async {
+        match data.as_mut() {
+            Some(d) => d.done.recv().await,
+            None => std::future::pending().await,
+        }
+    };
+    let ha_end = async {
+        match ha_task {
+            Some(t) => t.await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = wait_for_signal() => Ok(()),
+        Some((thread, result)) = thread_end => Err(AgentError::Thread {
+            thread,
+            reason: result.err().unwrap_or_else(|| "exited unexpectedly".into()),
+        }),
+        ended = ha_end => match ended {
+            Ok(Ok(())) => Err(AgentError::Thread { thread: "ha", reason: "exited unexpectedly".into() }),
+            Ok(Err(e)) => Err(e.into()),
+            Err(e) => Err(AgentError::Thread { thread: "ha", reason: e.to_string() }),
+        },
+    }
+}
+
+fn ha_driver(
+    cfg: &Config,
+    node: u32,
+    epoch: u32,
+    secret: &[u8],
+    data: Option<&DataPath>,
+    board: &Board,
+) -> Result<Driver, AgentError> {
+    let ha_cfg = &cfg.replication.ha;
+    let peer = cfg.replication.peer_addr.ok_or(AgentError::NoPeer)?;
+    let econf = ElectionConfig::from_config(cfg, node, epoch)?;
+    let silence = econf.dead_interval();
+    let election = Election::new(econf, Instant::now())?;
+    let receiver = HeartbeatReceiver::new(
+        ha::ReceiverConfig::new(node, epoch, silence),
+        ha::heartbeat_keys(secret, None)?,
+    );
+    let dcfg = DriverConfig {
+        peer: SocketAddr::new(peer, ha_cfg.heartbeat_port),
+        listen_port: ha_cfg.heartbeat_port,
+        send_key: ha::heartbeat_key(secret)?,
+        owned: Owned {
+            vips: ha_cfg.virtual_ips.clone(),
+            vmacs: ha_cfg.virtual_macs.clone(),
+            garp_count: ha_cfg.garp_count,
+            garp_interval: ha_cfg.garp_interval,
+        },
+        monitor_interfaces: ha_cfg.monitor_interfaces.clone(),
+        sync_interface: if ha_cfg.conntrack_sync.enabled {
+            ha_cfg.conntrack_sync.interface.clone()
+        } else {
+            None
+        },
+        down_before_sync: ha_cfg.down_interfaces_before_sync.clone(),
+        notify_command: ha_cfg.notify_command.clone(),
+    };
+    let links = Links {
+        commit: data.map(|d| d.barrier.clone()),
+        sync_complete: data.map(|d| d.sync_state.subscribe()),
+        replica: data.map(|d| d.replica.clone()),
+        board: board.clone(),
+    };
+    Ok(Driver::new(dcfg, election, receiver, links))
 }
 
 async fn wait_for_signal() {

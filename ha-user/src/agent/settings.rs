@@ -72,15 +72,29 @@ pub fn not_yet_supported(cfg: &Config) -> Vec<&'static str> {
     let r = &cfg.replication;
     let ha = &r.ha;
     let sync = &ha.conntrack_sync;
+    // The failover settings only act when HA is on.
+    let off = !ha.enabled;
     let checks = [
-        (!ha.virtual_ips.is_empty(), "ha.virtual_ip"),
-        (!ha.virtual_macs.is_empty(), "ha.virtual_mac"),
-        (!ha.monitor_interfaces.is_empty(), "ha.monitor_interfaces"),
         (
-            !ha.down_interfaces_before_sync.is_empty(),
-            "ha.down_interfaces_before_sync",
+            off && !ha.virtual_ips.is_empty(),
+            "ha.virtual_ip (ha.enabled is false)",
         ),
-        (ha.notify_command.is_some(), "ha.notify_command"),
+        (
+            off && !ha.virtual_macs.is_empty(),
+            "ha.virtual_mac (ha.enabled is false)",
+        ),
+        (
+            off && !ha.monitor_interfaces.is_empty(),
+            "ha.monitor_interfaces (ha.enabled is false)",
+        ),
+        (
+            off && !ha.down_interfaces_before_sync.is_empty(),
+            "ha.down_interfaces_before_sync (ha.enabled is false)",
+        ),
+        (
+            off && ha.notify_command.is_some(),
+            "ha.notify_command (ha.enabled is false)",
+        ),
         (r.listen_addr.is_some(), "listen_addr (replication channel)"),
         (r.primary_addr.is_some(), "primary_addr"),
         (

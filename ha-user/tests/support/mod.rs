@@ -92,6 +92,12 @@ impl Agent {
         self.process.is_running()
     }
 
+    /// SIGKILL: the agent dies without cleaning anything up (a crash).
+    pub fn kill(&mut self) {
+        self.process.signal(libc::SIGKILL);
+        let _ = self.process.wait_timeout(Duration::from_secs(5));
+    }
+
     /// SIGTERM and wait for a clean exit.
     pub fn stop(mut self) -> String {
         self.process.signal(libc::SIGTERM);

@@ -1,0 +1,223 @@
+//! Starts and stops the replication data path: the egress and ingress threads, and
+//! the task that asks the peer for its table.
+
+use std::{
+    net::IpAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use mio::{Poll, Waker};
+use tokio::sync::mpsc;
+
+use super::{
+    AgentError, egress,
+    ingress::{self, Barrier},
+    io_err,
+    replica::ReplicaSet,
+    resync::{self, EgressCmd, SyncState},
+    settings,
+};
+use crate::{
+    capture::Capture,
+    config::schema::Config,
+    kernel::ctnetlink::{DestroyListener, Installer},
+    metrics::Board,
+    sync::{KeyRing, Receiver, ReceiverConfig, Sender, SenderConfig, SyncKey},
+};
+
+/// The running data path.
+pub struct DataPath {
+    pub sync_state: Arc<SyncState>,
+    pub replica: Arc<ReplicaSet>,
+    pub barrier: Barrier,
+    /// A thread reports here when it ends (with its error, if any).
+    pub done: mpsc::UnboundedReceiver<(&'static str, Result<(), String>)>,
+    pub destination: std::net::SocketAddr,
+    stop: Arc<AtomicBool>,
+    workers: Vec<Worker>,
+}
+
+struct Worker {
+    name: &'static str,
+    waker: Arc<Waker>,
+    handle: JoinHandle<()>,
+}
+
+impl DataPath {
+    /// Opens the sockets, attaches capture and starts the threads.
+    pub fn start(
+        cfg: &Config,
+        node: u32,
+        epoch: u32,
+        secret: &[u8],
+        board: &Board,
+    ) -> Result<DataPath, AgentError> {
+        let sync_cfg = &cfg.replication.ha.conntrack_sync;
+        let transport = settings::transport(cfg);
+        let destination = transport.destination()?;
+        let tx = transport.open_sender()?;
+        let rx = transport.open_receiver()?;
+        let installer = Installer::new()?;
+        let installer_portid = installer.portid();
+        let destroy = DestroyListener::new()?;
+        let capture = Capture::start(&settings::capture(sync_cfg)?)?;
+        if !capture.missing_fields.is_empty() {
+            tracing::info!(fields = ?capture.missing_fields, "kernel lacks optional conntrack fields; not replicated");
+        }
+        let sender_cfg = SenderConfig {
+            max_datagram: sync_cfg.max_datagram_size as usize,
+            ..SenderConfig::new(node, epoch)
+        };
+        let sender = Sender::new(sender_cfg, SyncKey::derive(secret)?, Instant::now())?;
+        let receiver = Receiver::new(
+            ReceiverConfig::new(node),
+            KeyRing::from_secrets(secret, None)?,
+        );
+
+        let replica = Arc::new(ReplicaSet::default());
+        let sync_state = Arc::new(SyncState::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        let (done_tx, done) = mpsc::unbounded_channel();
+
+        let egress_poll = Poll::new().map_err(io_err("creating the egress poll"))?;
+        let egress_waker =
+            Arc::new(egress::waker(&egress_poll).map_err(io_err("creating the egress waker"))?);
+        let (egress_tx, egress_rx) = std::sync::mpsc::channel();
+        let ingress_poll = Poll::new().map_err(io_err("creating the ingress poll"))?;
+        let ingress_waker =
+            Arc::new(ingress::waker(&ingress_poll).map_err(io_err("creating the ingress waker"))?);
+        let (ingress_tx, ingress_rx) = std::sync::mpsc::channel();
+        let barrier = Barrier {
+            tx: ingress_tx,
+            waker: ingress_waker.clone(),
+        };
+
+        let sync_peers: Vec<IpAddr> = cfg.replication.peer_addr.into_iter().collect();
+        let egress = egress::Egress {
+            capture,
+            destroy,
+            sender,
+            socket: tx,
+            dest: destination,
+            installer_portid,
+            replica: replica.clone(),
+            board: board.clone(),
+            stop: stop.clone(),
+            drain_interval: (sync_cfg.wakeup_min_gap * 2).max(Duration::from_micros(100)),
+            cmds: egress_rx,
+            cmd_tx: egress_tx.clone(),
+            waker: egress_waker.clone(),
+            sync_state: sync_state.clone(),
+            sync_peers,
+        };
+        let ingress = ingress::Ingress {
+            socket: rx,
+            receiver,
+            installer,
+            replica: replica.clone(),
+            board: board.clone(),
+            stop: stop.clone(),
+            node,
+            sync_state: sync_state.clone(),
+            egress: egress_tx.clone(),
+            egress_waker: egress_waker.clone(),
+            cmds: ingress_rx,
+        };
+        let workers = vec![
+            spawn("egress", egress_waker.clone(), done_tx.clone(), move || {
+                egress.run(egress_poll)
+            })?,
+            spawn("ingress", ingress_waker, done_tx, move || {
+                ingress.run(ingress_poll)
+            })?,
+        ];
+        tokio::spawn(request_resync(sync_state.clone(), egress_tx, egress_waker));
+        Ok(DataPath {
+            sync_state,
+            replica,
+            barrier,
+            done,
+            destination,
+            stop,
+            workers,
+        })
+    }
+
+    /// Stops the threads and waits for them (the program detaches when capture drops).
+    pub async fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for w in &self.workers {
+            let _ = w.waker.wake();
+        }
+        for w in self.workers {
+            let name = w.name;
+            let joined = tokio::task::spawn_blocking(move || w.handle.join()).await;
+            if !matches!(joined, Ok(Ok(()))) {
+                tracing::error!(thread = name, "data-path thread panicked");
+            }
+        }
+    }
+}
+
+fn spawn(
+    name: &'static str,
+    waker: Arc<Waker>,
+    done: mpsc::UnboundedSender<(&'static str, Result<(), String>)>,
+    body: impl FnOnce() -> std::io::Result<()> + Send + 'static,
+) -> Result<Worker, AgentError> {
+    let handle = std::thread::Builder::new()
+        .name(format!("hasync-{name}"))
+        .spawn(move || {
+            let result = body().map_err(|e| e.to_string());
+            if let Err(e) = &result {
+                tracing::error!(thread = name, error = %e, "data-path thread failed");
+            }
+            let _ = done.send((name, result));
+        })
+        .map_err(io_err("spawning a data-path thread"))?;
+    Ok(Worker {
+        name,
+        waker,
+        handle,
+    })
+}
+
+/// Asks the peer for its full table until one arrives intact (a node that starts or
+/// rejoins has nothing, or a stale copy).
+async fn request_resync(
+    state: Arc<SyncState>,
+    egress: std::sync::mpsc::Sender<EgressCmd>,
+    waker: Arc<Waker>,
+) {
+    let mut request_id = 0u32;
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tick.tick().await;
+        if state.is_complete() {
+            return;
+        }
+        let pending = state.pending_request.load(Ordering::Relaxed);
+        if pending == 0 {
+            request_id = request_id.wrapping_add(1).max(1);
+            state.requested(request_id, state.lost_now.load(Ordering::Relaxed));
+        } else if state.overdue() {
+            // Same id: a peer still serving it carries on instead of starting over.
+            request_id = pending;
+            state.retried();
+        } else {
+            continue;
+        }
+        if egress
+            .send(resync::EgressCmd::Request { request_id })
+            .is_err()
+        {
+            return;
+        }
+        let _ = waker.wake();
+    }
+}
