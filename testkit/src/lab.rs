@@ -44,6 +44,8 @@ pub struct Lab {
     pub fw_b: Firewall,
     pub lan: NetNs,
     pub wan: NetNs,
+    /// The sync bridge, with [`LabOptions::sync_via_bridge`].
+    pub sync: Option<NetNs>,
 }
 
 /// How to build the lab.
@@ -55,6 +57,9 @@ pub struct LabOptions {
     pub vips_on_a: bool,
     /// Extra nft script loaded on both firewalls after the base policy.
     pub extra_nft: String,
+    /// Run the sync link through a bridge instead of a direct veth, so one firewall's
+    /// sync port can fail while the other keeps its carrier.
+    pub sync_via_bridge: bool,
 }
 
 impl Default for LabOptions {
@@ -63,6 +68,7 @@ impl Default for LabOptions {
             prefix: "lab".into(),
             vips_on_a: true,
             extra_nft: String::new(),
+            sync_via_bridge: false,
         }
     }
 }
@@ -117,6 +123,14 @@ impl Lab {
             lan_ip: "192.168.10.3",
             wan_ip: "203.0.113.3",
         };
+        let sync = if opts.sync_via_bridge {
+            let ns = NetNs::new(&format!("{p}y"))?;
+            ns.ip(&["link", "add", "br0", "type", "bridge"])?;
+            ns.ip(&["link", "set", "br0", "up"])?;
+            Some(ns)
+        } else {
+            None
+        };
         let lab = Lab {
             client,
             server,
@@ -124,6 +138,7 @@ impl Lab {
             fw_b,
             lan,
             wan,
+            sync,
         };
         lab.wire(opts)?;
         Ok(lab)
@@ -170,14 +185,32 @@ impl Lab {
                 fw.ns.nft(&opts.extra_nft)?;
             }
         }
-        veth(
-            &self.fw_a.ns,
-            "sync0",
-            &[&format!("{SYNC_A}/24")],
-            &self.fw_b.ns,
-            "sync0",
-            &[&format!("{SYNC_B}/24")],
-        )?;
+        match &self.sync {
+            Some(bridge) => {
+                attach(
+                    bridge,
+                    "a",
+                    &self.fw_a.ns,
+                    "sync0",
+                    &[&format!("{SYNC_A}/24")],
+                )?;
+                attach(
+                    bridge,
+                    "b",
+                    &self.fw_b.ns,
+                    "sync0",
+                    &[&format!("{SYNC_B}/24")],
+                )?;
+            }
+            None => veth(
+                &self.fw_a.ns,
+                "sync0",
+                &[&format!("{SYNC_A}/24")],
+                &self.fw_b.ns,
+                "sync0",
+                &[&format!("{SYNC_B}/24")],
+            )?,
+        }
         self.client
             .ip(&["route", "add", "default", "via", LAN_VIP])?;
         self.client

@@ -58,6 +58,8 @@ pub enum AgentError {
     NoSecret,
     #[error("HA needs `peer_addr`")]
     NoPeer,
+    #[error("{what}: interface `{interface}` does not exist on this node")]
+    MissingInterface { what: String, interface: String },
     #[error("{op}: {source}")]
     Io { op: &'static str, source: io::Error },
     #[error("the {thread} thread stopped: {reason}")]
@@ -105,6 +107,7 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
     }
     let secret = secret.unwrap_or_default();
 
+    settings::check_interfaces(&cfg)?;
     let mut data = if sync_cfg.enabled {
         Some(DataPath::start(&cfg, node, epoch, &secret, &board)?)
     } else {
@@ -119,6 +122,7 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
         (None, None)
     };
 
+    let ha_stop = ha_tx.clone();
     let server = Server::bind(&cfg.agent.control_socket).await?;
     let handler = control::ControlHandler {
         node,
@@ -145,6 +149,12 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
 
     let outcome = wait(&mut data, ha_task).await;
     control.abort();
+    if let Some(tx) = ha_stop {
+        let (reply, done) = tokio::sync::oneshot::channel();
+        if tx.send(ha::driver::Command::Shutdown(reply)).await.is_ok() {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), done).await;
+        }
+    }
     if let Some(d) = data {
         d.stop().await;
     }

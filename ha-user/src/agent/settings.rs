@@ -111,6 +111,41 @@ pub fn not_yet_supported(cfg: &Config) -> Vec<&'static str> {
         .collect()
 }
 
+/// Every interface the configuration names must exist here: a typo should stop the
+/// agent at start, not surface as a failed takeover at 3 a.m.
+pub fn check_interfaces(cfg: &Config) -> Result<(), super::AgentError> {
+    let ha = &cfg.replication.ha;
+    let mut named: Vec<(String, &str)> = Vec::new();
+    if ha.enabled {
+        for v in &ha.virtual_ips {
+            named.push((format!("virtual_ip {}", v.address), &v.interface));
+        }
+        for v in &ha.virtual_macs {
+            named.push(("virtual_mac".to_string(), &v.interface));
+        }
+        for i in &ha.monitor_interfaces {
+            named.push(("monitor_interfaces".to_string(), i));
+        }
+        for i in &ha.down_interfaces_before_sync {
+            named.push(("down_interfaces_before_sync".to_string(), i));
+        }
+    }
+    if ha.conntrack_sync.enabled
+        && let Some(i) = &ha.conntrack_sync.interface
+    {
+        named.push(("conntrack_sync".to_string(), i));
+    }
+    for (what, interface) in named {
+        if ifindex(interface).is_err() {
+            return Err(super::AgentError::MissingInterface {
+                what,
+                interface: interface.to_string(),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// The first IPv4 address of `ifname`, if any.
 pub fn interface_ipv4(ifname: &str) -> Option<Ipv4Addr> {
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();

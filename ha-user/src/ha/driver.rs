@@ -40,6 +40,9 @@ pub enum Command {
     Demote,
     Resume,
     Status(oneshot::Sender<HaReport>),
+    /// The agent is stopping: give the addresses back (a clean stop hands over at
+    /// once instead of after the dead interval), then answer.
+    Shutdown(oneshot::Sender<()>),
 }
 
 /// What `hasync status` shows of HA.
@@ -206,6 +209,11 @@ impl Driver {
                     Some(Command::Demote) => self.election.handle(Instant::now(), Input::Demote),
                     Some(Command::Resume) => self.election.handle(Instant::now(), Input::ClearOperator),
                     Some(Command::Status(reply)) => { let _ = reply.send(self.report()); }
+                    Some(Command::Shutdown(reply)) => {
+                        self.shutdown(&socket).await;
+                        let _ = reply.send(());
+                        return Ok(());
+                    }
                     None => return Ok(()),
                 },
             }
@@ -282,6 +290,22 @@ impl Driver {
                 tracing::info!(node, epoch, restarted, "peer is up");
             }
             Action::PeerDown { node } => tracing::warn!(node, "peer is down (no heartbeat)"),
+        }
+    }
+
+    /// Stepping down for good: release the addresses and tell the peer at once (it
+    /// takes over on our heartbeat instead of waiting for the dead interval).
+    async fn shutdown(&mut self, socket: &UdpSocket) {
+        let was_primary = self.election.role() == Role::Primary;
+        self.election.handle(Instant::now(), Input::Demote);
+        while let Some(hb) = self.election.poll_transmit(Instant::now()) {
+            let _ = socket
+                .send_to(&encode(&hb, &self.cfg.send_key), self.cfg.peer)
+                .await;
+        }
+        if was_primary {
+            tracing::warn!("stopping: releasing the virtual addresses");
+            self.takeover.release();
         }
     }
 

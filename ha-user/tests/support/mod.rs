@@ -2,6 +2,8 @@
 //! metrics, generate traffic, compare conntrack tables.
 #![allow(dead_code)]
 
+pub mod ha;
+
 use std::{
     fs,
     io::{Read, Write},
