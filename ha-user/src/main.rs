@@ -6,7 +6,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use hasync::{
     config::{self, schema::LogFormat},
-    control::{Request, Response, client},
+    control::{Request, Response, StateFilter, client},
 };
 use tracing_subscriber::EnvFilter;
 
@@ -62,6 +62,62 @@ enum Cmd {
         #[command(flatten)]
         target: Target,
     },
+    /// This node's connection table: counts and entries, like `conntrack -L`.
+    States {
+        #[command(flatten)]
+        filter: Filter,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// The entries this node holds on behalf of its peer.
+    PeerStates {
+        #[command(flatten)]
+        filter: Filter,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Ask the peer for its whole table now (bulk resync).
+    Resync {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Remove the entries held for the peer from this node's kernel table.
+    Flush {
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+/// Which entries to list.
+#[derive(clap::Args)]
+struct Filter {
+    /// Protocol name or number (tcp, udp, icmp, 132, ...).
+    #[arg(long, short)]
+    proto: Option<String>,
+    /// An address in either direction.
+    #[arg(long, short)]
+    addr: Option<std::net::IpAddr>,
+    /// A port in either direction.
+    #[arg(long)]
+    port: Option<u16>,
+    /// List at most this many entries (the counts cover all).
+    #[arg(long, default_value_t = 100)]
+    limit: usize,
+}
+
+impl Filter {
+    fn into_request(self) -> StateFilter {
+        StateFilter {
+            proto: self.proto,
+            addr: self.addr,
+            port: self.port,
+            limit: Some(self.limit),
+        }
+    }
 }
 
 /// Which agent to talk to.
@@ -98,6 +154,30 @@ fn main() -> ExitCode {
         Cmd::Promote { target } => control(&target, Request::Promote, false),
         Cmd::Demote { target } => control(&target, Request::Demote, false),
         Cmd::Resume { target } => control(&target, Request::Resume, false),
+        Cmd::States {
+            filter,
+            json,
+            target,
+        } => control(
+            &target,
+            Request::States {
+                filter: filter.into_request(),
+            },
+            json,
+        ),
+        Cmd::PeerStates {
+            filter,
+            json,
+            target,
+        } => control(
+            &target,
+            Request::PeerStates {
+                filter: filter.into_request(),
+            },
+            json,
+        ),
+        Cmd::Resync { target } => control(&target, Request::Resync, false),
+        Cmd::Flush { target } => control(&target, Request::Flush, false),
         Cmd::Run { config, log_level } => match run(&config, log_level.as_deref()) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -123,7 +203,12 @@ fn control(target: &Target, request: Request, json: bool) -> ExitCode {
             ExitCode::SUCCESS
         }
         Ok(Response::Status(v)) => {
-            print!("{}", hasync::cli::status::render(&v));
+            let text = match &request {
+                Request::States { .. } => hasync::cli::states::render(&v, false),
+                Request::PeerStates { .. } => hasync::cli::states::render(&v, true),
+                _ => hasync::cli::status::render(&v),
+            };
+            print!("{text}");
             ExitCode::SUCCESS
         }
         Ok(Response::Done { message }) => {

@@ -30,6 +30,28 @@ use crate::{
     sync::{KeyRing, Receiver, ReceiverConfig, Sender, SenderConfig, SyncKey},
 };
 
+/// Lets the control socket ask the peer for its table on demand.
+#[derive(Clone)]
+pub struct ResyncHandle {
+    pub state: Arc<SyncState>,
+    egress: std::sync::mpsc::Sender<EgressCmd>,
+    waker: Arc<Waker>,
+}
+
+impl ResyncHandle {
+    /// Sends a new resync request; the answer updates `last_full_sync`.
+    pub fn request(&self) -> Result<u32, String> {
+        let id = self.state.new_request_id();
+        self.state
+            .requested(id, self.state.lost_now.load(Ordering::Relaxed));
+        self.egress
+            .send(EgressCmd::Request { request_id: id })
+            .map_err(|_| "the egress thread is gone".to_string())?;
+        let _ = self.waker.wake();
+        Ok(id)
+    }
+}
+
 /// The running data path.
 pub struct DataPath {
     pub sync_state: Arc<SyncState>,
@@ -38,6 +60,7 @@ pub struct DataPath {
     /// A thread reports here when it ends (with its error, if any).
     pub done: mpsc::UnboundedReceiver<(&'static str, Result<(), String>)>,
     pub destination: std::net::SocketAddr,
+    pub resync: ResyncHandle,
     stop: Arc<AtomicBool>,
     workers: Vec<Worker>,
 }
@@ -136,8 +159,14 @@ impl DataPath {
                 ingress.run(ingress_poll)
             })?,
         ];
+        let resync = ResyncHandle {
+            state: sync_state.clone(),
+            egress: egress_tx.clone(),
+            waker: egress_waker.clone(),
+        };
         tokio::spawn(request_resync(sync_state.clone(), egress_tx, egress_waker));
         Ok(DataPath {
+            resync,
             sync_state,
             replica,
             barrier,
@@ -194,7 +223,7 @@ async fn request_resync(
     egress: std::sync::mpsc::Sender<EgressCmd>,
     waker: Arc<Waker>,
 ) {
-    let mut request_id = 0u32;
+    let mut request_id;
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     loop {
         tick.tick().await;
@@ -203,7 +232,7 @@ async fn request_resync(
         }
         let pending = state.pending_request.load(Ordering::Relaxed);
         if pending == 0 {
-            request_id = request_id.wrapping_add(1).max(1);
+            request_id = state.new_request_id();
             state.requested(request_id, state.lost_now.load(Ordering::Relaxed));
         } else if state.overdue() {
             // Same id: a peer still serving it carries on instead of starting over.

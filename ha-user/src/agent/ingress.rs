@@ -240,7 +240,7 @@ impl Loop {
                 request_id = done.request_id,
                 "resync: datagrams were lost during the transfer; asking again"
             );
-            let request_id = done.request_id.wrapping_add(1).max(1);
+            let request_id = state.new_request_id();
             state.requested(request_id, lost);
             if self
                 .i

@@ -129,9 +129,7 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
         mode: cfg.replication.mode.as_str(),
         started,
         ha: ha_tx,
-        sync: data
-            .as_ref()
-            .map(|d| (d.sync_state.clone(), d.replica.clone())),
+        sync: data.as_ref().map(|d| (d.resync.clone(), d.replica.clone())),
         board: board.clone(),
     };
     let control = tokio::spawn(server.run(Arc::new(handler)));

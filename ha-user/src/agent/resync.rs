@@ -91,6 +91,7 @@ pub struct SyncState {
     pub full_syncs: AtomicU64,
     pub entries_received: AtomicU64,
     pub served: AtomicU64,
+    next_id: AtomicU32,
     complete: AtomicBool,
     complete_tx: watch::Sender<bool>,
 }
@@ -107,6 +108,7 @@ impl Default for SyncState {
             full_syncs: AtomicU64::new(0),
             entries_received: AtomicU64::new(0),
             served: AtomicU64::new(0),
+            next_id: AtomicU32::new(0),
             complete: AtomicBool::new(false),
             complete_tx,
         }
@@ -114,6 +116,14 @@ impl Default for SyncState {
 }
 
 impl SyncState {
+    /// A fresh request id (never 0).
+    pub fn new_request_id(&self) -> u32 {
+        self.next_id
+            .fetch_add(1, Ordering::Relaxed)
+            .wrapping_add(1)
+            .max(1)
+    }
+
     /// Records a request about to be sent.
     pub fn requested(&self, request_id: u32, lost_so_far: u64) {
         self.pending_request.store(request_id, Ordering::Relaxed);

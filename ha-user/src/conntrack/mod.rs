@@ -1,6 +1,7 @@
 //! The conntrack entry model shared by capture, the wire protocol and the kernel
 //! installer.
 
+pub mod display;
 mod entry;
 
 pub use entry::{

@@ -21,6 +21,33 @@ pub enum Request {
     Demote,
     /// Leave maintenance.
     Resume,
+    /// This node's conntrack table: summary and (filtered) entries.
+    States {
+        #[serde(default)]
+        filter: StateFilter,
+    },
+    /// The entries this node holds on behalf of its peer.
+    PeerStates {
+        #[serde(default)]
+        filter: StateFilter,
+    },
+    /// Ask the peer for its whole table now.
+    Resync,
+    /// Remove the peer's entries from this node's kernel table.
+    Flush,
+}
+
+/// Which entries `states` / `peer-states` list.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateFilter {
+    /// "tcp", "udp", "icmp", ... or a protocol number.
+    pub proto: Option<String>,
+    /// An address in either direction's tuple.
+    pub addr: Option<std::net::IpAddr>,
+    /// A port in either direction's tuple.
+    pub port: Option<u16>,
+    /// At most this many entries in the answer (the summary counts all).
+    pub limit: Option<usize>,
 }
 
 /// The agent's answer.

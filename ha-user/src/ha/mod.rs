@@ -39,6 +39,7 @@
 //!      (`PeerUnavailable`), or the peer hears us and we rank first (`Elected`,
 //!      `Failback`, `Promoted`). If the peer does not hear us it considers us dead and
 //!      will take the role itself, so we wait.
+//!
 //!    A BACKUP never takes the role from a live PRIMARY: handovers are
 //!    release-then-take (below), so planned moves never overlap.
 //! 5. A PRIMARY steps down (→ BACKUP) when
@@ -51,6 +52,7 @@
 //!      promoted: we are soft-demoted and the peer is healthy (`PeerHealthier`, CARP
 //!      demotion, immediate); or the peer sets WANTS_FAILBACK, is healthy and has a
 //!      strictly lower priority value (`Failback`).
+//!
 //!    The step-down heartbeat goes out at once; the peer takes on receiving it (rule
 //!    4), so the gap is about one network round trip (one interval if it is lost).
 //! 6. Failback (auto mode only): a BACKUP sets WANTS_FAILBACK when it is healthy (no

@@ -1,16 +1,22 @@
 //! The receiving half: validates, authenticates and de-duplicates heartbeats, and keeps
 //! per-peer epoch and replay state. No I/O, no clock: the driver passes `now`.
 //!
-//! Epochs. A known node's new epoch is a restart, but a replayed capture of one of its
-//! old epochs looks the same, and switching to it would retire the real current epoch
-//! (making the live peer look dead). So a new epoch is taken only when
-//! - it echoes *our* current epoch (it has heard us during this run: a capture from
-//!   before our start cannot), or
-//! - the current epoch has been silent for `silence` (the peer is dead anyway).
-//! A restarted peer hears us within an interval and echoes us, so this delays
-//! recognising a restart by about one interval. Retired epochs are refused for good.
-//! Residual risk (documented): after *our* restart, before the peer echoes us, a
-//! capture of a dead peer's unseen epoch is accepted as first contact.
+//! Epochs. Epochs are random, so they carry no order: a heartbeat of another epoch of a
+//! known node may be a restart, a packet of the previous incarnation still in flight,
+//! or a replayed capture. Switching to a stale one would retire the live epoch and make
+//! the live peer look dead for good. What does carry order is the echo: the sequence of
+//! *our* heartbeat the sender last heard, which only grows with time. So another epoch
+//! is taken when
+//! - it echoes our current epoch with a sequence above every echo accepted from that
+//!   node so far (it heard us more recently than anything we know of: fresher), or
+//! - the current epoch has been silent for `silence` (the peer is dead anyway) and the
+//!   new epoch was never retired (a restarted peer that cannot hear us).
+//!
+//! A restarted peer echoes us within an interval of starting, so this delays noticing a
+//! restart by about one interval. Otherwise: `StaleEpoch` for retired epochs,
+//! `UnconfirmedEpoch` for the rest.
+//! Residual risk (documented): after *our* restart, before the peer echoes us, a capture
+//! of a dead peer's epoch that we never saw is accepted as first contact.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -57,6 +63,8 @@ struct Slot {
     epoch: u32,
     window: ReplayWindow,
     last_heard: Instant,
+    /// Highest sequence of ours this node echoed (any of its epochs).
+    max_echo: u64,
     retired: [u32; RETIRED_EPOCHS],
 }
 
@@ -141,6 +149,7 @@ impl HeartbeatReceiver {
             return Err(Reject::OwnNode);
         }
         let idx = self.slot_for(now, &hb)?;
+        let echo = self.echo_of_us(&hb);
         let slot = &mut self.slots[idx];
         match slot.window.accept(hb.seq) {
             Ok(_) => {}
@@ -148,7 +157,17 @@ impl HeartbeatReceiver {
             Err(ReplayError::TooOld) => return Err(Reject::TooOld { seq: hb.seq }),
         }
         slot.last_heard = now;
+        if let Some(seq) = echo {
+            slot.max_echo = slot.max_echo.max(seq);
+        }
         Ok(hb)
+    }
+
+    /// The sequence of our heartbeat `hb` says it heard, if it names this run of us.
+    fn echo_of_us(&self, hb: &Heartbeat) -> Option<u64> {
+        hb.peer
+            .filter(|e| e.node == self.cfg.node_id && e.epoch == self.cfg.epoch)
+            .map(|e| e.seq)
     }
 
     fn slot_for(&mut self, now: Instant, hb: &Heartbeat) -> Result<usize, Reject> {
@@ -161,27 +180,34 @@ impl HeartbeatReceiver {
                 epoch: hb.epoch,
                 window: ReplayWindow::new(hb.seq),
                 last_heard: now,
+                max_echo: 0,
                 retired: [0; RETIRED_EPOCHS],
             });
             self.stats.new_peers += 1;
             return Ok(self.slots.len() - 1);
         };
-        let slot = &mut self.slots[idx];
-        if slot.epoch == hb.epoch {
+        if self.slots[idx].epoch == hb.epoch {
             return Ok(idx);
         }
-        if slot.retired.contains(&hb.epoch) {
-            return Err(Reject::StaleEpoch { epoch: hb.epoch });
-        }
-        let echoes_us = hb
-            .peer
-            .is_some_and(|e| e.node == self.cfg.node_id && e.epoch == self.cfg.epoch);
+        let echo = self.echo_of_us(hb);
+        let slot = &mut self.slots[idx];
+        let fresher = echo.is_some_and(|seq| seq > slot.max_echo);
+        let retired = slot.retired.contains(&hb.epoch);
         let silent = now.saturating_duration_since(slot.last_heard) >= self.cfg.silence;
-        if !echoes_us && !silent {
-            return Err(Reject::UnconfirmedEpoch { epoch: hb.epoch });
+        if !(fresher || (silent && !retired)) {
+            return Err(if retired {
+                Reject::StaleEpoch { epoch: hb.epoch }
+            } else {
+                Reject::UnconfirmedEpoch { epoch: hb.epoch }
+            });
+        }
+        let old = slot.epoch;
+        // Keep the list free of the epoch we switch to (it may have been retired).
+        if let Some(i) = slot.retired.iter().position(|&e| e == hb.epoch) {
+            slot.retired[i] = 0;
         }
         slot.retired.rotate_right(1);
-        slot.retired[0] = slot.epoch;
+        slot.retired[0] = old;
         slot.epoch = hb.epoch;
         slot.window = ReplayWindow::new(hb.seq);
         self.stats.epoch_changes += 1;
@@ -210,16 +236,21 @@ mod tests {
     }
 
     fn hb(node: u32, epoch: u32, seq: u64, echo_us: bool) -> Vec<u8> {
+        hb_echo(node, epoch, seq, echo_us.then_some(1))
+    }
+
+    /// `echo`: the sequence of ours it claims to have heard last.
+    fn hb_echo(node: u32, epoch: u32, seq: u64, echo: Option<u64>) -> Vec<u8> {
         let mut h = sample();
         h.node = node;
         h.epoch = epoch;
         h.seq = seq;
-        h.peer = echo_us.then_some(Echo {
+        h.peer = echo.map(|seq| Echo {
             node: ME,
             epoch: MY_EPOCH,
-            seq: 1,
+            seq,
         });
-        h.flags.set(Flags::HEARS_PEER, echo_us);
+        h.flags.set(Flags::HEARS_PEER, echo.is_some());
         encode(&h, &key()).to_vec()
     }
 
@@ -309,6 +340,39 @@ mod tests {
                 Err(Reject::StaleEpoch { epoch: e })
             );
         }
+    }
+
+    #[test]
+    fn only_a_fresher_echo_switches_epochs_so_stragglers_cannot_lock_out_a_restart() {
+        let t = Instant::now();
+        let ms = Duration::from_millis;
+        let mut r = rx();
+        // The old incarnation (7) heard our heartbeat 5; the new one (8) heard 6.
+        assert!(r.handle(t, src(), &hb_echo(1, 7, 40, Some(5))).is_ok());
+        assert!(r.handle(t + ms(10), src(), &hb_echo(1, 8, 1, Some(6))).is_ok());
+        // A straggler of 7 still in flight: refused, 8 stays current.
+        assert_eq!(
+            r.handle(t + ms(11), src(), &hb_echo(1, 7, 41, Some(5))),
+            Err(Reject::StaleEpoch { epoch: 7 })
+        );
+        assert!(r.handle(t + ms(12), src(), &hb_echo(1, 8, 2, Some(6))).is_ok());
+        // Equal echo is not fresher either; a third epoch without a fresher echo waits.
+        assert_eq!(
+            r.handle(t + ms(13), src(), &hb_echo(1, 9, 1, Some(6))),
+            Err(Reject::UnconfirmedEpoch { epoch: 9 })
+        );
+        assert_eq!(
+            r.handle(t + ms(14), src(), &hb_echo(1, 9, 2, None)),
+            Err(Reject::UnconfirmedEpoch { epoch: 9 })
+        );
+        // Fresher wins, even for a retired epoch (it is demonstrably alive now).
+        assert!(r.handle(t + ms(15), src(), &hb_echo(1, 7, 42, Some(7))).is_ok());
+        assert_eq!(
+            r.handle(t + ms(16), src(), &hb_echo(1, 8, 3, Some(7))),
+            Err(Reject::StaleEpoch { epoch: 8 })
+        );
+        assert!(r.handle(t + ms(17), src(), &hb_echo(1, 8, 4, Some(8))).is_ok());
+        assert_eq!(r.stats().epoch_changes, 3);
     }
 
     #[test]

@@ -361,9 +361,26 @@ impl Sim {
             let (to, bytes) = entry.remove();
             let Some(_) = self.nodes[to].e else { continue };
             let from = 1 - to;
-            match self.nodes[to].rx.handle(now, addr(from), &bytes) {
-                Ok(hb) => self.drive(to, Some(Input::Heartbeat(hb))),
-                Err(_) => {} // duplicates, stale epochs: counted by the receiver
+            let res = self.nodes[to].rx.handle(now, addr(from), &bytes);
+            if self.lenient {
+                let hb = heartbeat::parse(&bytes).map(|u| u.heartbeat);
+                let what = hb.map(|h| {
+                    format!(
+                        "{}->{} epoch {} seq {} {} {} echo {:?}",
+                        ["A", "B"][from],
+                        ["A", "B"][to],
+                        h.epoch,
+                        h.seq,
+                        h.role,
+                        h.flags,
+                        h.peer.map(|e| (e.epoch, e.seq))
+                    )
+                });
+                self.note(format!("{what:?}: {:?}", res.as_ref().map(|_| ())));
+            }
+            // Rejections (duplicates, stale epochs) are counted by the receiver.
+            if let Ok(hb) = res {
+                self.drive(to, Some(Input::Heartbeat(hb)));
             }
         }
         for i in 0..2 {
@@ -643,6 +660,30 @@ impl Sim {
                 t.at - self.t0
             );
         }
+    }
+
+    /// Invariant (c), the other half: a soft-demoted PRIMARY (not promoted) hands over
+    /// to a healthy, eligible BACKUP peer over a clean link within `bound`.
+    pub fn check_demoted_primary_hands_over(&self, bound: Duration) {
+        let (d, at) = self.longest(|s| {
+            s.links.iter().all(Link::clean)
+                && (0..2).any(|i| {
+                    let (me, peer) = (s.nodes[i], s.nodes[1 - i]);
+                    me.is_some_and(|m| {
+                        m.role == Role::Primary
+                            && !m.promoted
+                            && m.demotion.intersects(Demotion::SOFT)
+                    }) && peer.is_some_and(|p| {
+                        p.role == Role::Backup && p.demotion.is_empty() && !p.starting
+                    })
+                })
+        });
+        assert!(
+            d <= bound,
+            "a demoted primary kept the role from a healthy peer for {d:?} (> {bound:?}), \
+             ending at {:?}",
+            at.map(|t| t - self.t0)
+        );
     }
 
     /// Heartbeats stay near one per interval per node: no storms.

@@ -60,6 +60,7 @@ fn standard_checks(sim: &Sim, interval: Duration, dead: Duration, max_delay: Dur
         2 * dead + 2 * interval + 4 * max_delay,
     );
     sim.check_demoted_never_preempts(dead + 2 * interval + 4 * max_delay);
+    sim.check_demoted_primary_hands_over(interval + 4 * max_delay);
     sim.check_heartbeat_budget();
 }
 
@@ -691,22 +692,22 @@ fn replay() {
         prios: [50, 50],
         ids: [1, 2],
         mode: FailbackMode::Auto,
-        interval_ms: 100,
-        threshold: 4,
+        interval_ms: 1000,
+        threshold: 3,
         delay_intervals: 0,
         require_sync: true,
-        jitter_pct: 26,
-        seed: 13040600454348682646,
+        jitter_pct: 23,
+        seed: 4599796962526391097,
         steps: vec![
-            (73, Lossy(1, 517)),
-            (26, Clear(0)),
-            (42, Promote(0)),
-            (61, SyncComplete(0)),
-            (26, Clear(0)),
-            (14, Restart(0)),
-            (10, Clear(0)),
-            (59, Cut(0)),
-            (2, Kill(0)),
+            (26, Lossy(1, 527)),
+            (56, Heal),
+            (5, Lossy(0, 434)),
+            (45, SyncComplete(0)),
+            (10, Restart(0)),
+            (3, Restart(0)),
+            (0, Partition),
+            (22, Lossy(0, 0)),
+            (0, Cut(0)),
         ],
     };
     simulate(&sc, true).0.dump();
