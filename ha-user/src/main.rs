@@ -8,7 +8,7 @@ use hasync::{
     config::{self, schema::LogFormat},
     control::{Request, Response, StateFilter, client},
 };
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::{EnvFilter, layer::SubscriberExt as _, util::SubscriberInitExt as _};
 
 #[derive(Parser)]
 #[command(
@@ -236,18 +236,27 @@ fn run(path: &std::path::Path, log_level: Option<&str>) -> anyhow::Result<()> {
         None => EnvFilter::try_from_env("HASYNC_LOG")
             .unwrap_or_else(|_| EnvFilter::new(cfg.agent.log_level.as_str())),
     };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    // The filter sits behind a reload handle: SIGHUP can change the level live.
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    let registry = tracing_subscriber::registry().with(filter);
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     match cfg.agent.log_format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
+        LogFormat::Json => registry.with(fmt.json()).init(),
+        LogFormat::Text => registry.with(fmt).init(),
     }
+    let set_log_level = move |level: &str| -> Result<(), String> {
+        let f = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+        handle.reload(f).map_err(|e| e.to_string())
+    };
+    let opts = hasync::agent::RunOptions {
+        config_path: Some(path.to_path_buf()),
+        set_log_level: Some(Box::new(set_log_level)),
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .thread_name("hasync-ctl")
         .build()
         .context("starting the runtime")?;
-    Ok(runtime.block_on(hasync::agent::run(cfg))?)
+    Ok(runtime.block_on(hasync::agent::run(cfg, opts))?)
 }

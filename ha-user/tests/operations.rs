@@ -163,3 +163,71 @@ fn a_clear_message_when_no_agent_runs() {
     ]);
     assert!(!ok && err.contains("hasync is not running"), "{err}");
 }
+
+/// Under systemd (`Type=notify`) the agent reports READY=1 once the peer's table is
+/// in (here: no peer, so once it is primary); SIGHUP re-reads the configuration.
+#[test]
+fn systemd_readiness_and_sighup_reload() {
+    use std::os::unix::net::UnixDatagram;
+    let lab = testkit::lab::Lab::new(&testkit::lab::LabOptions {
+        prefix: "sdn".into(),
+        vips_on_a: false,
+        ..Default::default()
+    })
+    .unwrap();
+    let dir = std::env::temp_dir().join(testkit::unique_name("hssd"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let notify = UnixDatagram::bind(dir.join("notify")).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let spec = HaSpec::new("sdn");
+    let config = dir.join("a.hcl");
+    std::fs::write(
+        &config,
+        spec.config(0, &dir.join("a.sock").display().to_string()),
+    )
+    .unwrap();
+    let log = dir.join("a.log");
+    let mut cmd = lab.fw_a.ns.command(env!("CARGO_BIN_EXE_hasync"));
+    cmd.args(["run", "--config"])
+        .arg(&config)
+        .env("NOTIFY_SOCKET", dir.join("notify"))
+        .stderr(std::fs::File::create(&log).unwrap());
+    let agent = testkit::ProcessGuard::spawn(cmd, "fw-a").unwrap();
+    let mut got = String::new();
+    let mut buf = [0u8; 512];
+    while !got.contains("READY=1") {
+        let n = notify
+            .recv(&mut buf)
+            .expect("a notification before the timeout");
+        got.push_str(&String::from_utf8_lossy(&buf[..n]));
+        got.push('\n');
+    }
+    assert!(got.contains("STATUS=capture attached"), "{got}");
+    assert!(
+        got.contains("READY=1\nSTATUS=running; table in sync"),
+        "{got}"
+    );
+
+    // SIGHUP: a broken file is refused (the agent keeps running), a valid change of
+    // the log level applies.
+    std::fs::write(&config, "replication {\n  mode = \"nonsense\"\n}\n").unwrap();
+    agent.signal(libc::SIGHUP);
+    let read = || std::fs::read_to_string(&log).unwrap_or_default();
+    testkit::wait_for(Duration::from_secs(5), "reload refused", || {
+        read().contains("configuration not reloaded").then_some(())
+    })
+    .unwrap();
+    std::fs::write(
+        &config,
+        spec.config(0, &dir.join("a.sock").display().to_string())
+            .replace("\"debug\"", "\"info\""),
+    )
+    .unwrap();
+    agent.signal(libc::SIGHUP);
+    testkit::wait_for(Duration::from_secs(5), "log level reloaded", || {
+        read().contains("SIGHUP: log level changed").then_some(())
+    })
+    .unwrap();
+}

@@ -15,6 +15,7 @@ pub mod ingress;
 pub mod replica;
 pub mod resync;
 pub mod settings;
+pub mod systemd;
 pub mod timer;
 
 use std::{io, net::SocketAddr, sync::Arc, time::Instant};
@@ -73,8 +74,17 @@ pub(crate) fn io_err(op: &'static str) -> impl FnOnce(io::Error) -> AgentError {
     move |source| AgentError::Io { op, source }
 }
 
+/// What the agent needs from its caller besides the configuration.
+#[derive(Default)]
+pub struct RunOptions {
+    /// The configuration file, re-read on SIGHUP.
+    pub config_path: Option<std::path::PathBuf>,
+    /// Applies a new log level (a tracing filter); what SIGHUP can change live.
+    pub set_log_level: Option<Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>>,
+}
+
 /// Runs the agent until SIGINT/SIGTERM or a fatal failure.
-pub async fn run(cfg: Config) -> Result<(), AgentError> {
+pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), AgentError> {
     let started = Instant::now();
     let board = Board::default();
     for setting in settings::not_yet_supported(&cfg) {
@@ -144,8 +154,9 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
         control = %cfg.agent.control_socket.display(),
         "hasync ready"
     );
+    tokio::spawn(notify_ready(data.as_ref().map(|d| d.sync_state.clone())));
 
-    let outcome = wait(&mut data, ha_task).await;
+    let outcome = wait(&mut data, ha_task, &cfg, &opts).await;
     control.abort();
     if let Some(tx) = ha_stop {
         let (reply, done) = tokio::sync::oneshot::channel();
@@ -160,10 +171,75 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
     outcome
 }
 
+/// Tells systemd we are ready once the program is attached (done by now) and the
+/// peer's table is installed (or this node is primary, or there is no sync), or after
+/// a minute without it (the status line then says what we wait for).
+async fn notify_ready(sync: Option<Arc<resync::SyncState>>) {
+    let Some(sync) = sync else {
+        systemd::notify("READY=1\nSTATUS=running (conntrack sync disabled)");
+        return;
+    };
+    systemd::notify("STATUS=capture attached; waiting for the peer's table");
+    let mut rx = sync.subscribe();
+    let synced = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        rx.wait_for(|done| *done),
+    )
+    .await;
+    match synced {
+        Ok(Ok(_)) => systemd::notify("READY=1\nSTATUS=running; table in sync"),
+        _ => systemd::notify("READY=1\nSTATUS=running; the peer's table has not arrived yet"),
+    }
+}
+
+/// SIGHUP: re-read the configuration. The log level applies at once; anything else
+/// that changed is reported as needing a restart (sockets, programs and the election
+/// are not rebuilt under traffic).
+fn reload(current: &Config, opts: &RunOptions) {
+    let Some(path) = &opts.config_path else {
+        return;
+    };
+    let new = match crate::config::load(path) {
+        Ok(c) => c,
+        Err(errors) => {
+            tracing::error!("SIGHUP: configuration not reloaded, it has errors:\n{errors}");
+            return;
+        }
+    };
+    if new.agent.log_level != current.agent.log_level
+        && let Some(set) = &opts.set_log_level
+    {
+        match set(new.agent.log_level.as_str()) {
+            Ok(()) => tracing::info!(
+                level = new.agent.log_level.as_str(),
+                "SIGHUP: log level changed"
+            ),
+            Err(e) => tracing::warn!(error = %e, "SIGHUP: cannot change the log level"),
+        }
+    }
+    let mut restart = Vec::new();
+    if new.replication != current.replication {
+        restart.push("replication");
+    }
+    if new.agent.metrics_addr != current.agent.metrics_addr
+        || new.agent.control_socket != current.agent.control_socket
+        || new.agent.log_format != current.agent.log_format
+    {
+        restart.push("agent");
+    }
+    if restart.is_empty() {
+        tracing::info!("SIGHUP: configuration reloaded");
+    } else {
+        tracing::warn!(blocks = ?restart, "SIGHUP: these changes take effect after a restart");
+    }
+}
+
 /// Until a signal (clean stop) or a component fails.
 async fn wait(
     data: &mut Option<DataPath>,
     ha_task: Option<tokio::task::JoinHandle<Result<(), ha::driver::DriverError>>>,
+    cfg: &Config,
+    opts: &RunOptions,
 ) -> Result<(), AgentError> {
     let thread_end = async {
         match data.as_mut() {
@@ -177,8 +253,19 @@ async fn wait(
             None => std::future::pending().await,
         }
     };
+    let reloads = async {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::hangup()) {
+            Ok(mut hup) => loop {
+                hup.recv().await;
+                reload(cfg, opts);
+            },
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
     tokio::select! {
         _ = wait_for_signal() => Ok(()),
+        _ = reloads => Ok(()),
         Some((thread, result)) = thread_end => Err(AgentError::Thread {
             thread,
             reason: result.err().unwrap_or_else(|| "exited unexpectedly".into()),
@@ -229,7 +316,7 @@ fn ha_driver(
     };
     let links = Links {
         commit: data.map(|d| d.barrier.clone()),
-        sync_complete: data.map(|d| d.sync_state.subscribe()),
+        sync: data.map(|d| d.sync_state.clone()),
         replica: data.map(|d| d.replica.clone()),
         board: board.clone(),
     };

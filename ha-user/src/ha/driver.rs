@@ -27,7 +27,7 @@ use super::{
     takeover::{Owned, Takeover, Timeline},
 };
 use crate::{
-    agent::{ingress::Barrier, replica::ReplicaSet},
+    agent::{ingress::Barrier, replica::ReplicaSet, resync::SyncState},
     kernel::rtnetlink::{Groups, Iface, LinkMonitor, RtEvent, Rtnl},
     metrics::{Board, Sample},
     sync::SyncKey,
@@ -105,8 +105,9 @@ pub struct DriverConfig {
 pub struct Links {
     /// Installs every received sync datagram, then answers (the takeover's commit).
     pub commit: Option<Barrier>,
-    /// Turns true once the peer's full table is installed.
-    pub sync_complete: Option<watch::Receiver<bool>>,
+    /// The bulk-sync state: its completion feeds the election, and becoming primary
+    /// completes it (the primary's table is the reference).
+    pub sync: Option<Arc<SyncState>>,
     pub replica: Option<Arc<ReplicaSet>>,
     pub board: Board,
 }
@@ -169,7 +170,7 @@ impl Driver {
             .map_err(|e| DriverError::Monitor(e.to_string()))?;
         self.hold_interfaces_down();
         self.check_health(Instant::now());
-        let mut sync_rx = self.links.sync_complete.clone();
+        let mut sync_rx = self.links.sync.as_ref().map(|s| s.subscribe());
         let mut buf = [0u8; 2048];
         let mut events = Vec::new();
         loop {
@@ -246,6 +247,9 @@ impl Driver {
                 // Everything in our table is ours to serve (and to send on a resync).
                 if let Some(replica) = &self.links.replica {
                     replica.clear();
+                }
+                if let Some(sync) = &self.links.sync {
+                    sync.mark_complete();
                 }
                 let commit = self.links.commit.clone();
                 let summary = self
