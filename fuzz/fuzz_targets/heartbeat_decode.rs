@@ -146,7 +146,10 @@ fuzz_target!(|data: &[u8]| {
         while e.poll_timeout().is_some_and(|t| t <= now) {
             e.handle_timeout(now);
             drain(&mut e, now);
-            assert!(e.poll_timeout().is_none_or(|t| t > now), "timer in the past");
+            assert!(
+                e.poll_timeout().is_none_or(|t| t > now),
+                "timer in the past"
+            );
         }
         let datagram: Vec<u8> = if ctl & 1 == 0 {
             raw(body);
@@ -169,5 +172,9 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     let s = rx.stats();
-    assert_eq!(s.accepted + s.rejects.total(), fed, "every datagram accounted for");
+    assert_eq!(
+        s.accepted + s.rejects.total(),
+        fed,
+        "every datagram accounted for"
+    );
 });

@@ -74,13 +74,16 @@ pub(crate) fn io_err(op: &'static str) -> impl FnOnce(io::Error) -> AgentError {
     move |source| AgentError::Io { op, source }
 }
 
+/// Applies a new tracing filter (e.g. "debug").
+pub type SetLogLevel = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+
 /// What the agent needs from its caller besides the configuration.
 #[derive(Default)]
 pub struct RunOptions {
     /// The configuration file, re-read on SIGHUP.
     pub config_path: Option<std::path::PathBuf>,
     /// Applies a new log level (a tracing filter); what SIGHUP can change live.
-    pub set_log_level: Option<Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>>,
+    pub set_log_level: Option<SetLogLevel>,
 }
 
 /// Runs the agent until SIGINT/SIGTERM or a fatal failure.

@@ -234,15 +234,46 @@ impl Driver {
             let Some(action) = self.election.poll_action() else {
                 break;
             };
-            self.act(action).await;
+            self.act(action, socket).await;
         }
         self.publish();
     }
 
-    async fn act(&mut self, action: Action) {
+    /// Runs the takeover while heartbeats keep going out: a slow step (the commit
+    /// waits for the ingress thread) must not make the peer think we died.
+    async fn acquire(&mut self, socket: &UdpSocket) -> super::takeover::Summary {
+        let commit = self.links.commit.clone();
+        // Well inside the dead interval, whatever the configuration.
+        let cap = (self.election.config().interval * self.election.config().threshold / 2)
+            .clamp(Duration::from_millis(20), Duration::from_millis(500));
+        let acquire = self.takeover.acquire(async move {
+            match commit {
+                Some(b) => b.commit(cap).await,
+                None => Ok(0),
+            }
+        });
+        tokio::pin!(acquire);
+        let election = &mut self.election;
+        let (key, peer) = (&self.cfg.send_key, self.cfg.peer);
+        loop {
+            let next = election.poll_timeout().map(tokio::time::Instant::from_std);
+            tokio::select! {
+                summary = &mut acquire => return summary,
+                _ = sleep_until(next) => {
+                    let now = Instant::now();
+                    election.handle_timeout(now);
+                    while let Some(hb) = election.poll_transmit(now) {
+                        let _ = socket.send_to(&encode(&hb, key), peer).await;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn act(&mut self, action: Action, socket: &UdpSocket) {
         match action {
             Action::BecomePrimary { reason } => {
-                tracing::warn!(%reason, "becoming PRIMARY");
+                tracing::info!(%reason, "becoming PRIMARY: taking the addresses over");
                 self.record(Role::Primary, reason);
                 // Everything in our table is ours to serve (and to send on a resync).
                 if let Some(replica) = &self.links.replica {
@@ -251,16 +282,7 @@ impl Driver {
                 if let Some(sync) = &self.links.sync {
                     sync.mark_complete();
                 }
-                let commit = self.links.commit.clone();
-                let summary = self
-                    .takeover
-                    .acquire(async move {
-                        match commit {
-                            Some(b) => b.commit(Duration::from_millis(500)).await,
-                            None => Ok(0),
-                        }
-                    })
-                    .await;
+                let summary = self.acquire(socket).await;
                 self.last_takeover = Some(summary.total);
                 self.notify(Role::Primary, reason);
             }
@@ -271,7 +293,7 @@ impl Driver {
                 self.takeover.clear_leftovers();
             }
             Action::BecomeBackup { reason } => {
-                tracing::warn!(%reason, "becoming BACKUP");
+                tracing::info!(%reason, "becoming BACKUP: releasing the addresses");
                 self.record(Role::Backup, reason);
                 self.takeover.release();
                 self.notify(Role::Backup, reason);

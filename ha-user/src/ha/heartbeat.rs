@@ -498,34 +498,114 @@ pub(crate) mod tests {
         let bad = Reject::BadHeader;
         let cases: Vec<(&str, Vec<u8>, Reject)> = vec![
             ("empty", vec![], Reject::Truncated { len: 0 }),
-            ("magic only", good[..4].to_vec(), Reject::Truncated { len: 4 }),
+            (
+                "magic only",
+                good[..4].to_vec(),
+                Reject::Truncated { len: 4 },
+            ),
             ("short magic", b"HA".to_vec(), Reject::Truncated { len: 2 }),
-            ("no tag", good[..HEADER_LEN].to_vec(), Reject::Truncated { len: HEADER_LEN }),
-            ("one short", good[..HEARTBEAT_LEN - 1].to_vec(), Reject::Truncated { len: HEARTBEAT_LEN - 1 }),
-            ("one long", long, Reject::Oversized { len: HEARTBEAT_LEN + 1 }),
+            (
+                "no tag",
+                good[..HEADER_LEN].to_vec(),
+                Reject::Truncated { len: HEADER_LEN },
+            ),
+            (
+                "one short",
+                good[..HEARTBEAT_LEN - 1].to_vec(),
+                Reject::Truncated {
+                    len: HEARTBEAT_LEN - 1,
+                },
+            ),
+            (
+                "one long",
+                long,
+                Reject::Oversized {
+                    len: HEARTBEAT_LEN + 1,
+                },
+            ),
             ("huge", vec![0; 65507], Reject::BadMagic),
             ("bad magic", bad_magic.to_vec(), Reject::BadMagic),
             ("sync magic", sync_magic.to_vec(), Reject::BadMagic),
             ("version 2", v2.to_vec(), Reject::UnsupportedVersion(2)),
-            ("version 0 short", vec![b'H', b'A', b'H', b'B', 0], Reject::UnsupportedVersion(0)),
+            (
+                "version 0 short",
+                vec![b'H', b'A', b'H', b'B', 0],
+                Reject::UnsupportedVersion(0),
+            ),
             ("role 0", set(5, &[0]).to_vec(), bad("unknown role")),
             ("role 4", set(5, &[4]).to_vec(), bad("unknown role")),
-            ("flag bit 4", set(24, &[0x10]).to_vec(), bad("unknown flag bits")),
-            ("demotion bit 7", set(25, &[0x80]).to_vec(), bad("unknown demotion bits")),
-            ("reserved", set(27, &[1]).to_vec(), bad("reserved bytes not zero")),
-            ("node 0", set(8, &[0; 4]).to_vec(), bad("zero node, epoch or sequence")),
-            ("epoch 0", set(12, &[0; 4]).to_vec(), bad("zero node, epoch or sequence")),
-            ("seq 0", set(16, &[0; 8]).to_vec(), bad("zero node, epoch or sequence")),
-            ("interval 0", set(28, &[0; 4]).to_vec(), bad("interval out of range")),
-            ("interval 999us", set(28, &999u32.to_be_bytes()).to_vec(), bad("interval out of range")),
-            ("interval 61s", set(28, &61_000_000u32.to_be_bytes()).to_vec(), bad("interval out of range")),
-            ("echo no node", set(36, &[0; 4]).to_vec(), bad("echo without a node")),
-            ("echo epoch 0", set(40, &[0; 4]).to_vec(), bad("echo with zero epoch or sequence")),
-            ("echo seq 0", set(44, &[0; 8]).to_vec(), bad("echo with zero epoch or sequence")),
-            ("hears nobody", set(36, &[0; 16]).to_vec(), bad("hears a peer it does not name")),
+            (
+                "flag bit 4",
+                set(24, &[0x10]).to_vec(),
+                bad("unknown flag bits"),
+            ),
+            (
+                "demotion bit 7",
+                set(25, &[0x80]).to_vec(),
+                bad("unknown demotion bits"),
+            ),
+            (
+                "reserved",
+                set(27, &[1]).to_vec(),
+                bad("reserved bytes not zero"),
+            ),
+            (
+                "node 0",
+                set(8, &[0; 4]).to_vec(),
+                bad("zero node, epoch or sequence"),
+            ),
+            (
+                "epoch 0",
+                set(12, &[0; 4]).to_vec(),
+                bad("zero node, epoch or sequence"),
+            ),
+            (
+                "seq 0",
+                set(16, &[0; 8]).to_vec(),
+                bad("zero node, epoch or sequence"),
+            ),
+            (
+                "interval 0",
+                set(28, &[0; 4]).to_vec(),
+                bad("interval out of range"),
+            ),
+            (
+                "interval 999us",
+                set(28, &999u32.to_be_bytes()).to_vec(),
+                bad("interval out of range"),
+            ),
+            (
+                "interval 61s",
+                set(28, &61_000_000u32.to_be_bytes()).to_vec(),
+                bad("interval out of range"),
+            ),
+            (
+                "echo no node",
+                set(36, &[0; 4]).to_vec(),
+                bad("echo without a node"),
+            ),
+            (
+                "echo epoch 0",
+                set(40, &[0; 4]).to_vec(),
+                bad("echo with zero epoch or sequence"),
+            ),
+            (
+                "echo seq 0",
+                set(44, &[0; 8]).to_vec(),
+                bad("echo with zero epoch or sequence"),
+            ),
+            (
+                "hears nobody",
+                set(36, &[0; 16]).to_vec(),
+                bad("hears a peer it does not name"),
+            ),
             ("forged tag", forged.to_vec(), Reject::AuthFailed),
             ("forged field", flipped.to_vec(), Reject::AuthFailed),
-            ("wrong key", encode(&sample(), &other).to_vec(), Reject::AuthFailed),
+            (
+                "wrong key",
+                encode(&sample(), &other).to_vec(),
+                Reject::AuthFailed,
+            ),
         ];
         for (name, bytes, want) in cases {
             assert_eq!(decode(&bytes, &ring()), Err(want), "{name}");
@@ -553,7 +633,9 @@ pub(crate) mod tests {
     fn bitset_display() {
         assert_eq!(Demotion::empty().to_string(), "none");
         assert_eq!(
-            Demotion::SYNC_LINK_DOWN.union(Demotion::MAINTENANCE).to_string(),
+            Demotion::SYNC_LINK_DOWN
+                .union(Demotion::MAINTENANCE)
+                .to_string(),
             "sync-link-down,maintenance"
         );
         assert_eq!(Demotion::ALL.bits(), 0x0f);
@@ -569,25 +651,27 @@ pub(crate) mod tests {
             (0u8..16, 0u8..16, any::<u32>(), 1_000u32..=60_000_000),
             proptest::option::of((1u32.., 1u32.., 1u64..)),
         )
-            .prop_map(|((node, epoch, seq, role, priority), (f, d, gen_, us), echo)| {
-                let mut flags = Flags::from_bits(f).unwrap_or_default();
-                let peer = echo.map(|(node, epoch, seq)| Echo { node, epoch, seq });
-                if peer.is_none() {
-                    flags.set(Flags::HEARS_PEER, false);
-                }
-                Heartbeat {
-                    node,
-                    epoch,
-                    seq,
-                    role: Role::from_wire(role).unwrap_or(Role::Backup),
-                    priority,
-                    flags,
-                    demotion: Demotion::from_bits(d).unwrap_or_default(),
-                    promote_gen: gen_,
-                    interval: Duration::from_micros(u64::from(us)),
-                    peer,
-                }
-            })
+            .prop_map(
+                |((node, epoch, seq, role, priority), (f, d, gen_, us), echo)| {
+                    let mut flags = Flags::from_bits(f).unwrap_or_default();
+                    let peer = echo.map(|(node, epoch, seq)| Echo { node, epoch, seq });
+                    if peer.is_none() {
+                        flags.set(Flags::HEARS_PEER, false);
+                    }
+                    Heartbeat {
+                        node,
+                        epoch,
+                        seq,
+                        role: Role::from_wire(role).unwrap_or(Role::Backup),
+                        priority,
+                        flags,
+                        demotion: Demotion::from_bits(d).unwrap_or_default(),
+                        promote_gen: gen_,
+                        interval: Duration::from_micros(u64::from(us)),
+                        peer,
+                    }
+                },
+            )
     }
 
     proptest! {

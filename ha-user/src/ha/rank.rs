@@ -97,7 +97,10 @@ mod tests {
         assert!(s(2, 255).beats(&unsynced));
         let mut link = s(1, 0);
         link.demotion = Demotion::SYNC_LINK_DOWN;
-        assert!(!link.beats(&unsynced) && !unsynced.beats(&link), "soft reasons rank alike");
+        assert!(
+            !link.beats(&unsynced) && !unsynced.beats(&link),
+            "soft reasons rank alike"
+        );
         // Promotion outranks soft demotion; ineligibility outranks everything.
         let mut promoted = unsynced;
         promoted.promoted = true;

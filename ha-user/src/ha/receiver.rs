@@ -262,7 +262,10 @@ mod tests {
         assert_eq!(r.handle(t, src(), &a1).map(|h| h.seq), Ok(1));
         assert_eq!(r.handle(t, src(), &a1), Err(Reject::Replayed { seq: 1 }));
         assert!(r.handle(t, src(), &hb(1, 7, 3, false)).is_ok());
-        assert!(r.handle(t, src(), &hb(1, 7, 2, false)).is_ok(), "late, inside window");
+        assert!(
+            r.handle(t, src(), &hb(1, 7, 2, false)).is_ok(),
+            "late, inside window"
+        );
         assert!(r.handle(t, src(), &hb(1, 7, 5000, false)).is_ok());
         assert_eq!(
             r.handle(t, src(), &hb(1, 7, 3, false)),
@@ -279,7 +282,10 @@ mod tests {
             r.handle(t, src(), &encode(&sample(), &wrong)),
             Err(Reject::AuthFailed)
         );
-        assert_eq!(r.handle(t, src(), &a1[..10]), Err(Reject::Truncated { len: 10 }));
+        assert_eq!(
+            r.handle(t, src(), &a1[..10]),
+            Err(Reject::Truncated { len: 10 })
+        );
         let s = r.stats();
         assert_eq!(s.accepted, 4);
         assert_eq!(s.rejects.total(), 5);
@@ -349,13 +355,19 @@ mod tests {
         let mut r = rx();
         // The old incarnation (7) heard our heartbeat 5; the new one (8) heard 6.
         assert!(r.handle(t, src(), &hb_echo(1, 7, 40, Some(5))).is_ok());
-        assert!(r.handle(t + ms(10), src(), &hb_echo(1, 8, 1, Some(6))).is_ok());
+        assert!(
+            r.handle(t + ms(10), src(), &hb_echo(1, 8, 1, Some(6)))
+                .is_ok()
+        );
         // A straggler of 7 still in flight: refused, 8 stays current.
         assert_eq!(
             r.handle(t + ms(11), src(), &hb_echo(1, 7, 41, Some(5))),
             Err(Reject::StaleEpoch { epoch: 7 })
         );
-        assert!(r.handle(t + ms(12), src(), &hb_echo(1, 8, 2, Some(6))).is_ok());
+        assert!(
+            r.handle(t + ms(12), src(), &hb_echo(1, 8, 2, Some(6)))
+                .is_ok()
+        );
         // Equal echo is not fresher either; a third epoch without a fresher echo waits.
         assert_eq!(
             r.handle(t + ms(13), src(), &hb_echo(1, 9, 1, Some(6))),
@@ -366,12 +378,18 @@ mod tests {
             Err(Reject::UnconfirmedEpoch { epoch: 9 })
         );
         // Fresher wins, even for a retired epoch (it is demonstrably alive now).
-        assert!(r.handle(t + ms(15), src(), &hb_echo(1, 7, 42, Some(7))).is_ok());
+        assert!(
+            r.handle(t + ms(15), src(), &hb_echo(1, 7, 42, Some(7)))
+                .is_ok()
+        );
         assert_eq!(
             r.handle(t + ms(16), src(), &hb_echo(1, 8, 3, Some(7))),
             Err(Reject::StaleEpoch { epoch: 8 })
         );
-        assert!(r.handle(t + ms(17), src(), &hb_echo(1, 8, 4, Some(8))).is_ok());
+        assert!(
+            r.handle(t + ms(17), src(), &hb_echo(1, 8, 4, Some(8)))
+                .is_ok()
+        );
         assert_eq!(r.stats().epoch_changes, 3);
     }
 

@@ -405,7 +405,9 @@ impl Sim {
     /// One `handle` (or `handle_timeout` for `None`) on node `i`, with bookkeeping.
     fn drive(&mut self, i: usize, input: Option<Input>) {
         let now = self.now;
-        let Some(e) = self.nodes[i].e.as_mut() else { return };
+        let Some(e) = self.nodes[i].e.as_mut() else {
+            return;
+        };
         let before = e.status();
         match input {
             Some(inp) => e.handle(now, inp),
@@ -431,8 +433,7 @@ impl Sim {
                 node: i,
                 reason: after.reason,
                 demotion_before: demotion,
-                promoted_before: before.promoted
-                    || matches!(input, Some(Input::Promote)),
+                promoted_before: before.promoted || matches!(input, Some(Input::Promote)),
             });
         }
         // Online invariants: FAULT and maintenance never hold PRIMARY.
@@ -489,7 +490,8 @@ impl Sim {
         match self.trace.last_mut() {
             // Same-instant changes are kept: a zero-length state (demote and clear in
             // one instant) was still advertised.
-            Some(last) if last.nodes == s.nodes && last.links == s.links && last.lives == s.lives => {}
+            Some(last)
+                if last.nodes == s.nodes && last.links == s.links && last.lives == s.lives => {}
             _ => self.trace.push(s),
         }
     }
@@ -561,9 +563,23 @@ impl Sim {
             };
             let l = |k: usize| {
                 let l = s.links[k];
-                if !l.up { "cut".into() } else { format!("loss{}", l.loss) }
+                if !l.up {
+                    "cut".into()
+                } else {
+                    format!("loss{}", l.loss)
+                }
             };
-            lines.push((s.at, 0, format!("A: {:<40} B: {:<40} A->B {} B->A {}", n(0), n(1), l(0), l(1))));
+            lines.push((
+                s.at,
+                0,
+                format!(
+                    "A: {:<40} B: {:<40} A->B {} B->A {}",
+                    n(0),
+                    n(1),
+                    l(0),
+                    l(1)
+                ),
+            ));
         }
         for (i, n) in self.nodes.iter().enumerate() {
             for (t, a) in &n.actions {
@@ -584,7 +600,9 @@ impl Sim {
     pub fn check_dual_primary(&self, bound: Duration) {
         let (d, at) = self.longest(|s| {
             s.links.iter().all(Link::clean)
-                && s.nodes.iter().all(|n| n.is_some_and(|n| n.role == Role::Primary))
+                && s.nodes
+                    .iter()
+                    .all(|n| n.is_some_and(|n| n.role == Role::Primary))
         });
         assert!(
             d <= bound,
@@ -601,7 +619,10 @@ impl Sim {
     /// the other dies.
     pub fn check_no_primary_gap(&self, clean: Duration, lossy: Duration) {
         let gap = |s: &Snap| {
-            s.nodes.iter().flatten().any(|n| n.eligible() && !n.starting)
+            s.nodes
+                .iter()
+                .flatten()
+                .any(|n| n.eligible() && !n.starting)
                 && !s.nodes.iter().flatten().any(|n| n.role == Role::Primary)
         };
         let mut run: Option<(Instant, [u32; 2], bool)> = None;
@@ -614,8 +635,7 @@ impl Sim {
                 continue;
             }
             let links_clean = snap.links.iter().all(Link::clean);
-            let (start, _, all_clean) =
-                *run.get_or_insert((s, snap.lives, links_clean));
+            let (start, _, all_clean) = *run.get_or_insert((s, snap.lives, links_clean));
             let all_clean = all_clean && links_clean;
             run = Some((start, snap.lives, all_clean));
             let bound = if all_clean { clean } else { lossy };
@@ -648,8 +668,7 @@ impl Sim {
                 .all(|(_, _, snap)| {
                     snap.links.iter().all(Link::clean)
                         && snap.nodes[t.node].is_some()
-                        && snap.nodes[peer]
-                            .is_some_and(|n| n.demotion.is_empty() && !n.starting)
+                        && snap.nodes[peer].is_some_and(|n| n.demotion.is_empty() && !n.starting)
                 });
             assert!(
                 !healthy_peer_throughout,

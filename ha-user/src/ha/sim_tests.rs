@@ -36,7 +36,10 @@ fn steady(cfgs: [ElectionConfig; 2], seed: u64) -> Sim {
     sim.input(B, Input::SyncComplete);
     sim.input(A, Input::SyncComplete);
     sim.run_for(S);
-    assert_eq!((sim.role(A), sim.role(B)), (Some(Role::Primary), Some(Role::Backup)));
+    assert_eq!(
+        (sim.role(A), sim.role(B)),
+        (Some(Role::Primary), Some(Role::Backup))
+    );
     sim
 }
 
@@ -68,10 +71,16 @@ fn standard_checks(sim: &Sim, interval: Duration, dead: Duration, max_delay: Dur
 fn cold_start_elects_the_better_node_at_once() {
     let mut sim = Sim::new(pair(), Link::lan(), 1);
     sim.run_for(3 * S);
-    assert_eq!((sim.role(A), sim.role(B)), (Some(Role::Primary), Some(Role::Backup)));
+    assert_eq!(
+        (sim.role(A), sim.role(B)),
+        (Some(Role::Primary), Some(Role::Backup))
+    );
     let took = became(&sim, A, Role::Primary);
     assert_eq!(took.len(), 1);
-    assert!(took[0].0 < 10 * MS, "both heard each other at once: {took:?}");
+    assert!(
+        took[0].0 < 10 * MS,
+        "both heard each other at once: {took:?}"
+    );
     assert_eq!(took[0].1, Reason::Elected);
     // The backup is unsynced until its bulk sync: it lets its interfaces up then.
     assert!(!sim.actions(B).contains(&Action::InterfacesMayGoUp));
@@ -83,11 +92,7 @@ fn cold_start_elects_the_better_node_at_once() {
 #[test]
 fn ties_break_by_node_id_either_way() {
     for (ids, winner) in [([1, 2], A), ([7, 3], B)] {
-        let mut sim = Sim::new(
-            [cfg(ids[0], 100, S), cfg(ids[1], 100, S)],
-            Link::lan(),
-            2,
-        );
+        let mut sim = Sim::new([cfg(ids[0], 100, S), cfg(ids[1], 100, S)], Link::lan(), 2);
         sim.run_for(5 * S);
         assert_eq!(sim.role(winner), Some(Role::Primary), "{ids:?}");
         assert_eq!(sim.role(1 - winner), Some(Role::Backup), "{ids:?}");
@@ -142,7 +147,11 @@ fn failback_auto_after_the_delay_and_never_in_manual_mode() {
         assert_eq!(sim.role(A), Some(Role::Backup), "no grab at restart");
         assert!(sim.actions(B).iter().any(|a| matches!(
             a,
-            Action::PeerUp { node: 1, restarted: true, .. }
+            Action::PeerUp {
+                node: 1,
+                restarted: true,
+                ..
+            }
         )));
         // Bulk sync takes 5 s; then 10 s of healthy contact.
         sim.run_for(4 * S);
@@ -175,7 +184,10 @@ fn failback_auto_after_the_delay_and_never_in_manual_mode() {
                 // The operator moves it back.
                 sim.input(A, Input::Promote);
                 sim.run_for(S);
-                assert_eq!((sim.role(A), sim.role(B)), (Some(Role::Primary), Some(Role::Backup)));
+                assert_eq!(
+                    (sim.role(A), sim.role(B)),
+                    (Some(Role::Primary), Some(Role::Backup))
+                );
             }
         }
         standard_checks(&sim, S, 3 * S, 2 * MS);
@@ -192,7 +204,11 @@ fn handover_gap_is_a_round_trip_and_never_an_overlap() {
     sim.input(A, Input::SyncComplete);
     sim.run_for(20 * S);
     assert_eq!(sim.role(A), Some(Role::Primary));
-    let (overlap, _) = sim.longest(|s| s.nodes.iter().all(|n| n.is_some_and(|n| n.role == Role::Primary)));
+    let (overlap, _) = sim.longest(|s| {
+        s.nodes
+            .iter()
+            .all(|n| n.is_some_and(|n| n.role == Role::Primary))
+    });
     assert_eq!(overlap, Duration::ZERO, "release-then-take");
     let b_down = became(&sim, B, Role::Backup).last().copied().unwrap();
     let a_up = became(&sim, A, Role::Primary).last().copied().unwrap();
@@ -248,10 +264,17 @@ fn promotion_during_a_partition_wins_after_the_heal() {
     sim.run_for(S);
     sim.heal();
     sim.run_for(10 * S);
-    assert_eq!((sim.role(A), sim.role(B)), (Some(Role::Backup), Some(Role::Primary)));
+    assert_eq!(
+        (sim.role(A), sim.role(B)),
+        (Some(Role::Backup), Some(Role::Primary))
+    );
     assert!(sim.status(B).promoted);
     sim.run_for(100 * S);
-    assert_eq!(sim.role(B), Some(Role::Primary), "no failback against a promotion");
+    assert_eq!(
+        sim.role(B),
+        Some(Role::Primary),
+        "no failback against a promotion"
+    );
 }
 
 #[test]
@@ -262,7 +285,10 @@ fn one_way_cut_converges_to_one_primary() {
     cut.up = false;
     sim.set_link(A, cut);
     sim.run_for(30 * S);
-    assert_eq!((sim.role(A), sim.role(B)), (Some(Role::Backup), Some(Role::Primary)));
+    assert_eq!(
+        (sim.role(A), sim.role(B)),
+        (Some(Role::Backup), Some(Role::Primary))
+    );
     assert_eq!(
         became(&sim, A, Role::Backup).last().unwrap().1,
         Reason::PeerCannotHearUs
@@ -273,15 +299,25 @@ fn one_way_cut_converges_to_one_primary() {
     // Restored: A is preferred, healthy, in contact: failback after the delay.
     sim.set_link(A, Link::lan());
     sim.run_for(15 * S);
-    assert_eq!((sim.role(A), sim.role(B)), (Some(Role::Primary), Some(Role::Backup)));
+    assert_eq!(
+        (sim.role(A), sim.role(B)),
+        (Some(Role::Primary), Some(Role::Backup))
+    );
 
     // B -> A cut: A keeps the role, B hears it and stays backup.
     let mut sim = steady(pair(), 11);
     sim.set_link(B, cut);
     sim.run_for(60 * S);
-    assert_eq!((sim.role(A), sim.role(B)), (Some(Role::Primary), Some(Role::Backup)));
+    assert_eq!(
+        (sim.role(A), sim.role(B)),
+        (Some(Role::Primary), Some(Role::Backup))
+    );
     assert_eq!(became(&sim, B, Role::Primary).len(), 0);
-    let (dual, _) = sim.longest(|s| s.nodes.iter().all(|n| n.is_some_and(|n| n.role == Role::Primary)));
+    let (dual, _) = sim.longest(|s| {
+        s.nodes
+            .iter()
+            .all(|n| n.is_some_and(|n| n.role == Role::Primary))
+    });
     assert_eq!(dual, Duration::ZERO);
 }
 
@@ -294,7 +330,10 @@ fn sync_link_loss_demotes_like_carp() {
     let mut sim = steady(pair(), 12);
     sim.input(A, link(false));
     sim.run_for(S);
-    assert_eq!((sim.role(A), sim.role(B)), (Some(Role::Backup), Some(Role::Primary)));
+    assert_eq!(
+        (sim.role(A), sim.role(B)),
+        (Some(Role::Backup), Some(Role::Primary))
+    );
     assert_eq!(
         became(&sim, A, Role::Backup).last().unwrap().1,
         Reason::PeerHealthier
@@ -323,7 +362,10 @@ fn monitored_interface_loss_faults_over_at_once() {
     let t = sim.now;
     sim.input(A, mon(false));
     sim.run_for(S);
-    assert_eq!((sim.role(A), sim.role(B)), (Some(Role::Fault), Some(Role::Primary)));
+    assert_eq!(
+        (sim.role(A), sim.role(B)),
+        (Some(Role::Fault), Some(Role::Primary))
+    );
     let took = became(&sim, B, Role::Primary)[0];
     assert!(sim.t0 + took.0 - t <= 4 * MS);
     assert_eq!(took.1, Reason::PeerUnavailable);
@@ -342,14 +384,23 @@ fn operator_promote_demote_clear() {
     let mut sim = steady(pair(), 14);
     sim.input(B, Input::Promote);
     sim.run_for(S);
-    assert_eq!((sim.role(A), sim.role(B)), (Some(Role::Backup), Some(Role::Primary)));
-    assert_eq!(became(&sim, A, Role::Backup).last().unwrap().1, Reason::PeerPromoted);
+    assert_eq!(
+        (sim.role(A), sim.role(B)),
+        (Some(Role::Backup), Some(Role::Primary))
+    );
+    assert_eq!(
+        became(&sim, A, Role::Backup).last().unwrap().1,
+        Reason::PeerPromoted
+    );
     sim.run_for(100 * S);
     assert_eq!(sim.role(B), Some(Role::Primary), "pinned");
     // Maintenance on B: A takes at once.
     sim.input(B, Input::Demote);
     sim.run_for(S);
-    assert_eq!((sim.role(A), sim.role(B)), (Some(Role::Primary), Some(Role::Backup)));
+    assert_eq!(
+        (sim.role(A), sim.role(B)),
+        (Some(Role::Primary), Some(Role::Backup))
+    );
     // Maintenance holds even when A dies: nobody serves.
     sim.kill(A);
     sim.run_for(30 * S);
@@ -361,7 +412,10 @@ fn operator_promote_demote_clear() {
     sim.run_for(S);
     sim.input(A, Input::SyncComplete);
     sim.run_for(11 * S);
-    assert_eq!((sim.role(A), sim.role(B)), (Some(Role::Primary), Some(Role::Backup)));
+    assert_eq!(
+        (sim.role(A), sim.role(B)),
+        (Some(Role::Primary), Some(Role::Backup))
+    );
 }
 
 #[test]
@@ -391,9 +445,16 @@ fn quick_restart_of_the_primary_is_noticed_within_an_interval() {
     // B saw the new epoch (after A echoed it) and A, unsynced, stays backup.
     assert!(sim.actions(B).iter().any(|a| matches!(
         a,
-        Action::PeerUp { node: 1, restarted: true, .. }
+        Action::PeerUp {
+            node: 1,
+            restarted: true,
+            ..
+        }
     )));
-    assert_eq!((sim.role(A), sim.role(B)), (Some(Role::Backup), Some(Role::Primary)));
+    assert_eq!(
+        (sim.role(A), sim.role(B)),
+        (Some(Role::Backup), Some(Role::Primary))
+    );
     standard_checks(&sim, S, 3 * S, 2 * MS);
 }
 
@@ -420,7 +481,10 @@ fn sub_second_lossy_link_stays_sane() {
     sim.input(A, Input::SyncComplete);
     sim.input(B, Input::SyncComplete);
     sim.run_for(5 * S);
-    assert_eq!((sim.role(A), sim.role(B)), (Some(Role::Primary), Some(Role::Backup)));
+    assert_eq!(
+        (sim.role(A), sim.role(B)),
+        (Some(Role::Primary), Some(Role::Backup))
+    );
     sim.check_no_primary_gap(
         3 * interval + 2 * interval + 4 * 30 * MS,
         6 * interval + 2 * interval + 4 * 30 * MS,
@@ -445,7 +509,10 @@ fn simulation_is_deterministic() {
         );
         sim.run_for(60 * S);
         (
-            sim.trace.iter().map(|s| (s.at - sim.t0, s.nodes)).collect::<Vec<_>>(),
+            sim.trace
+                .iter()
+                .map(|s| (s.at - sim.t0, s.nodes))
+                .collect::<Vec<_>>(),
             sim.node(A).sent,
             sim.node(B).sent,
         )
@@ -508,7 +575,10 @@ struct Scenario {
 
 fn arb_scenario() -> impl Strategy<Value = Scenario> {
     (
-        (prop_oneof![Just(50u8), Just(100), Just(150)], prop_oneof![Just(50u8), Just(100)]),
+        (
+            prop_oneof![Just(50u8), Just(100), Just(150)],
+            prop_oneof![Just(50u8), Just(100)],
+        ),
         prop_oneof![Just([1u32, 2]), Just([9, 4])],
         prop_oneof![Just(FailbackMode::Auto), Just(FailbackMode::Manual)],
         prop_oneof![Just(100u64), Just(250), Just(1000)],
@@ -517,7 +587,15 @@ fn arb_scenario() -> impl Strategy<Value = Scenario> {
         proptest::collection::vec((0u64..80, arb_ev()), 0..40),
     )
         .prop_map(
-            |(prios, ids, mode, interval_ms, threshold, (delay, require_sync, jitter_pct, seed), steps)| {
+            |(
+                prios,
+                ids,
+                mode,
+                interval_ms,
+                threshold,
+                (delay, require_sync, jitter_pct, seed),
+                steps,
+            )| {
                 Scenario {
                     prios: [prios.0, prios.1],
                     ids,
@@ -642,15 +720,22 @@ fn run_scenario_inner(sc: &Scenario) -> Result<(), TestCaseError> {
         None
     };
     if let (FailbackMode::Auto, Some(b)) = (sc.mode, better) {
-        prop_assert_eq!(sim.role(b), Some(Role::Primary), "auto: the preferred node ends primary");
+        prop_assert_eq!(
+            sim.role(b),
+            Some(Role::Primary),
+            "auto: the preferred node ends primary"
+        );
     }
     if sc.mode == FailbackMode::Manual {
         for i in 0..2 {
             prop_assert!(
                 !sim.actions(i).iter().any(|a| matches!(
                     a,
-                    Action::BecomePrimary { reason: Reason::Failback }
-                        | Action::BecomeBackup { reason: Reason::Failback }
+                    Action::BecomePrimary {
+                        reason: Reason::Failback
+                    } | Action::BecomeBackup {
+                        reason: Reason::Failback
+                    }
                 )),
                 "manual mode never fails back"
             );
@@ -712,4 +797,52 @@ fn replay() {
     };
     simulate(&sc, true).0.dump();
     run_scenario_inner(&sc).unwrap();
+}
+
+/// Found by the random histories: a heartbeat of a restarted peer's previous
+/// incarnation, still in flight and echoing us, used to replace the new incarnation's
+/// epoch in the receiver for good (one-way deafness, then a lasting split brain or a
+/// wrong final primary). Fixed by the receiver's echo-freshness rule.
+#[test]
+fn regression_stragglers_of_a_restarted_peer() {
+    use Ev::*;
+    let cases = [
+        Scenario {
+            prios: [100, 50],
+            ids: [1, 2],
+            mode: FailbackMode::Auto,
+            interval_ms: 250,
+            threshold: 2,
+            delay_intervals: 0,
+            require_sync: false,
+            jitter_pct: 8,
+            seed: 6149589620944283285,
+            steps: vec![
+                (62, Promote(0)),
+                (71, Kill(0)),
+                (49, Heal),
+                (44, Kill(0)),
+                (5, Heal),
+                (36, Restore(0)),
+                (47, Restart(1)),
+                (61, Restart(0)),
+                (1, Restart(1)),
+            ],
+        },
+        Scenario {
+            prios: [50, 50],
+            ids: [1, 2],
+            mode: FailbackMode::Auto,
+            interval_ms: 1000,
+            threshold: 3,
+            delay_intervals: 0,
+            require_sync: false,
+            jitter_pct: 35,
+            seed: 7301301949824747822,
+            steps: vec![(2, Restart(0)), (2, Partition), (20, Cut(0))],
+        },
+    ];
+    for sc in &cases {
+        run_scenario_inner(sc).unwrap();
+    }
 }

@@ -217,7 +217,11 @@ fn a_primary_heard_during_startup_keeps_us_backup() {
     p.send(&mut e, t0 + S / 2);
     assert!(!e.status().starting, "hearing the peer ends the listen");
     converse(&mut e, &mut p, t0 + S / 2, t0 + 10 * S);
-    assert_eq!(e.role(), Role::Backup, "better priority, but unsynced: no preemption");
+    assert_eq!(
+        e.role(),
+        Role::Backup,
+        "better priority, but unsynced: no preemption"
+    );
     assert_eq!(e.status().failback_at, None);
     assert!(roles(&drain(&mut e)).len() == 1, "only the startup backup");
     // The heartbeat we send says we hear it.
@@ -269,7 +273,10 @@ fn fault_is_immediate_never_primary_and_clears_to_the_right_role() {
         monitored_up: true,
     };
     e.handle(now, down);
-    assert_eq!(roles(&drain(&mut e)), vec![(Role::Fault, Reason::MonitorDown)]);
+    assert_eq!(
+        roles(&drain(&mut e)),
+        vec![(Role::Fault, Reason::MonitorDown)]
+    );
     assert_eq!(tx(&mut e, now)[0].role, Role::Fault, "sent at once");
     // Alone: nothing could take over; promotion waits too.
     e.handle(now, Input::Promote);
@@ -286,8 +293,7 @@ fn fault_is_immediate_never_primary_and_clears_to_the_right_role() {
     let (mut e, t) = primary_alone(100);
     p.send(&mut e, t);
     e.handle(t, down);
-    let mut p = p.role(Role::Primary).demoted(Demotion::empty());
-    p.hb.demotion = Demotion::empty();
+    let mut p = p.role(Role::Primary);
     p.send(&mut e, t + S);
     e.handle(t + S, up);
     assert_eq!(
@@ -331,7 +337,11 @@ fn maintenance_hands_over_to_the_peer_at_once() {
     assert_eq!(e.role(), Role::Backup);
     // Promote clears maintenance and moves the role back by handover.
     e.handle(now + 2 * S, Input::Promote);
-    assert_eq!(e.role(), Role::Backup, "release-then-take: the peer goes first");
+    assert_eq!(
+        e.role(),
+        Role::Backup,
+        "release-then-take: the peer goes first"
+    );
     let hb = tx(&mut e, now + 2 * S);
     assert!(hb.last().unwrap().flags.contains(Flags::PROMOTED));
     let mut p = p.role(Role::Backup);
@@ -586,7 +596,11 @@ fn one_way_link_yields_after_a_dead_interval_of_hearing_a_deaf_primary() {
         peer: PEER,
         resolution: Resolution::WaitForPeer
     }));
-    assert_eq!(e.poll_timeout(), Some(now + S), "heartbeat before the yield");
+    assert_eq!(
+        e.poll_timeout(),
+        Some(now + S),
+        "heartbeat before the yield"
+    );
     let t = converse(&mut e, &mut p, now, now + 3 * S - Duration::from_millis(1));
     assert_eq!(e.role(), Role::Primary);
     advance(&mut e, t, now + 3 * S);
@@ -611,7 +625,11 @@ fn a_backup_waits_for_a_deaf_peer_to_take_the_role() {
     let mut p = Puppet::new(200).deaf();
     p.send(&mut e, t0);
     let t = converse(&mut e, &mut p, t0, t0 + 10 * S);
-    assert_eq!(e.role(), Role::Backup, "it thinks we are dead and will take");
+    assert_eq!(
+        e.role(),
+        Role::Backup,
+        "it thinks we are dead and will take"
+    );
     let mut p = p.hearing();
     p.send(&mut e, t);
     assert_eq!(e.role(), Role::Primary);
@@ -625,9 +643,7 @@ fn promotions_newest_generation_wins() {
     let mine = tx(&mut e, now);
     assert_eq!(mine.last().unwrap().promote_gen, 1);
     // The peer's operator promotes it later: generation 2 supersedes ours.
-    let mut p = Puppet::new(200)
-        .hearing()
-        .flag(Flags::PROMOTED, true);
+    let mut p = Puppet::new(200).hearing().flag(Flags::PROMOTED, true);
     p.hb.promote_gen = 2;
     p.send(&mut e, now + S);
     assert_eq!(e.role(), Role::Backup);
@@ -668,7 +684,11 @@ fn promotion_pins_the_role_until_it_is_lost() {
             monitored_up: true,
         },
     );
-    assert_eq!(e.role(), Role::Backup, "the better peer is eligible and hears us");
+    assert_eq!(
+        e.role(),
+        Role::Backup,
+        "the better peer is eligible and hears us"
+    );
     // ClearOperator drops a promotion too.
     let (mut e, now) = primary_alone(200);
     e.handle(now, Input::Promote);
@@ -748,7 +768,11 @@ fn poll_timeout_names_every_deadline() {
     p.send(&mut e, t0);
     e.handle(t0, Input::SyncComplete);
     tx(&mut e, t0);
-    assert_eq!(e.poll_timeout(), Some(t0 + Duration::from_secs(5)), "failback");
+    assert_eq!(
+        e.poll_timeout(),
+        Some(t0 + Duration::from_secs(5)),
+        "failback"
+    );
 }
 
 /// The one-step decision, stated independently of the implementation: given our
@@ -842,8 +866,7 @@ fn exhaustive_one_step_decisions_match_the_spec() {
                     for peer_role in [Role::Backup, Role::Primary, Role::Fault] {
                         for peer_d in 0..16u8 {
                             for peer_flags in 0..8u8 {
-                                for (peer_prio, peer_gen) in
-                                    [(50, 0), (100, 0), (100, 2), (150, 0)]
+                                for (peer_prio, peer_gen) in [(50, 0), (100, 0), (100, 2), (150, 0)]
                                 {
                                     let peer = Heartbeat {
                                         node: PEER,
@@ -861,8 +884,7 @@ fn exhaustive_one_step_decisions_match_the_spec() {
                                             seq: 1,
                                         }),
                                     };
-                                    checked +=
-                                        one_case(was_primary, ours, promoted, mode, peer);
+                                    checked += one_case(was_primary, ours, promoted, mode, peer);
                                 }
                             }
                         }
