@@ -11,9 +11,12 @@ use ha_common::{CT_COPY_MAX, CaptureTuning, CtSeen, KernelLayout, counter};
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(16 << 20, 0);
 
 /// Dedup state keyed by `nf_conn` address. The agent sizes it; an evicted entry only
-/// costs one extra (idempotent) event on its next packet.
+/// costs one extra (idempotent) event on its next packet. Per-CPU LRU lists
+/// (BPF_F_NO_COMMON_LRU): no global LRU lock on the packet path; lookups still see
+/// every CPU's entries.
 #[map]
-pub static SEEN: LruHashMap<u64, CtSeen> = LruHashMap::with_max_entries(262_144, 0);
+pub static SEEN: LruHashMap<u64, CtSeen> =
+    LruHashMap::with_max_entries(262_144, aya_ebpf::bindings::BPF_F_NO_COMMON_LRU);
 
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);

@@ -43,7 +43,7 @@ impl ResyncHandle {
     pub fn request(&self) -> Result<u32, String> {
         let id = self.state.new_request_id();
         self.state
-            .requested(id, self.state.lost_now.load(Ordering::Relaxed));
+            .requested(id, self.state.given_up_now.load(Ordering::Relaxed));
         self.egress
             .send(EgressCmd::Request { request_id: id })
             .map_err(|_| "the egress thread is gone".to_string())?;
@@ -97,12 +97,14 @@ impl DataPath {
             ..SenderConfig::new(node, epoch)
         };
         let sender = Sender::new(sender_cfg, SyncKey::derive(secret)?, Instant::now())?;
-        let receiver = Receiver::new(
-            ReceiverConfig::new(node),
-            KeyRing::from_secrets(secret, None)?,
-        );
+        let receiver = {
+            // NACK ranges must fit in one of our datagrams.
+            let mut rc = ReceiverConfig::new(node);
+            rc.nack.max_ranges = crate::sync::max_nack_ranges(sync_cfg.max_datagram_size as usize);
+            Receiver::new(rc, KeyRing::from_secrets(secret, None)?)
+        };
 
-        let replica = Arc::new(ReplicaSet::default());
+        let replica = Arc::new(ReplicaSet::new());
         let sync_state = Arc::new(SyncState::default());
         let stop = Arc::new(AtomicBool::new(false));
         let (done_tx, done) = mpsc::unbounded_channel();
@@ -217,7 +219,7 @@ fn spawn(
 }
 
 /// Asks the peer for its full table until one arrives intact (a node that starts or
-/// rejoins has nothing, or a stale copy).
+/// rejoins has nothing, or a stale copy; a table that lost updates beyond repair).
 async fn request_resync(
     state: Arc<SyncState>,
     egress: std::sync::mpsc::Sender<EgressCmd>,
@@ -225,15 +227,17 @@ async fn request_resync(
 ) {
     let mut request_id;
     let mut tick = tokio::time::interval(Duration::from_millis(500));
+    // Runs for the agent's life: a table found incomplete later (datagrams lost
+    // beyond repair) is asked for again.
     loop {
         tick.tick().await;
         if state.is_complete() {
-            return;
+            continue;
         }
         let pending = state.pending_request.load(Ordering::Relaxed);
         if pending == 0 {
             request_id = state.new_request_id();
-            state.requested(request_id, state.lost_now.load(Ordering::Relaxed));
+            state.requested(request_id, state.given_up_now.load(Ordering::Relaxed));
         } else if state.overdue() {
             // Same id: a peer still serving it carries on instead of starting over.
             request_id = pending;

@@ -35,7 +35,7 @@ use crate::{
     kernel::ctnetlink::{self, DestroyListener, Recv},
     metrics::{Board, Sample},
     sync::{
-        Sender,
+        Sender, transport,
         wire::{Control, ResyncDone, ResyncRequest},
     },
 };
@@ -65,6 +65,8 @@ struct Stats {
     destroy_overruns: u64,
     send_errors: u64,
     send_blocked: u64,
+    /// `sendmmsg` calls.
+    send_calls: u64,
     drain_rounds: u64,
 }
 
@@ -101,12 +103,14 @@ struct Loop {
     stats: Stats,
     next_publish: Instant,
     last_send_error: Option<Instant>,
+    dest_addr: socket2::SockAddr,
 }
 
 impl Egress {
     /// Runs until `stop` is set and the waker fires. `poll` must own `waker`'s registry.
     pub fn run(self, mut poll: Poll) -> io::Result<()> {
         let mut l = Loop {
+            dest_addr: socket2::SockAddr::from(self.dest),
             drain_timer: Timer::new()?,
             tick_timer: Timer::new()?,
             resync_timer: Timer::new()?,
@@ -205,6 +209,27 @@ impl Loop {
     fn on_commands(&mut self) {
         while let Ok(cmd) = self.e.cmds.try_recv() {
             match cmd {
+                EgressCmd::SendNack(req) => {
+                    // In our own authenticated, sequenced stream: a lost NACK is itself
+                    // recovered.
+                    self.e.sender.queue(req.control());
+                    self.send_ready();
+                }
+                EgressCmd::ServeNack { from, req } => {
+                    let out = self.e.sender.handle_nack(Instant::now(), from, &req);
+                    if out.unserviceable > 0 {
+                        tracing::debug!(
+                            from,
+                            unserviceable = out.unserviceable,
+                            "sync: NACK for datagrams no longer kept"
+                        );
+                    }
+                    self.send_ready();
+                }
+                EgressCmd::Hello => {
+                    self.e.sender.queue_hello();
+                    self.send_ready();
+                }
                 EgressCmd::Request { request_id } => {
                     tracing::info!(request_id, "resync: asking the peer for its table");
                     self.e.sender.queue(Control::ResyncRequest(ResyncRequest {
@@ -370,21 +395,24 @@ impl Loop {
     /// Hands every sealed datagram to the kernel. On a full socket buffer the rest stays
     /// queued in the sender and goes out on the next drain or tick.
     fn send_ready(&mut self) {
-        let mut sent = 0;
-        for dgram in self.e.sender.ready() {
-            match self.e.socket.send_to(dgram, self.e.dest) {
-                Ok(_) => sent += 1,
+        while self.e.sender.ready_len() > 0 {
+            let batch: Vec<&[u8]> = self.e.sender.ready().take(transport::SEND_BATCH).collect();
+            let wanted = batch.len();
+            let result = transport::send_batch(&self.e.socket, &self.dest_addr, &batch);
+            drop(batch);
+            let sent = match result {
+                Ok(n) => n,
                 Err(e)
                     if e.kind() == io::ErrorKind::WouldBlock
                         || e.raw_os_error() == Some(libc::ENOBUFS) =>
                 {
+                    // The rest stays queued in the sender and goes on the next turn.
                     self.stats.send_blocked += 1;
                     let _ = self.drain_timer.arm(Duration::from_millis(1));
-                    break;
+                    return;
                 }
                 Err(e) => {
-                    // Dropped: the receiver sees the gap in sequence numbers.
-                    sent += 1;
+                    // The first datagram is dropped: the receiver sees the gap.
                     self.stats.send_errors += 1;
                     let now = Instant::now();
                     if self
@@ -394,10 +422,18 @@ impl Loop {
                         self.last_send_error = Some(now);
                         tracing::warn!(error = %e, dest = %self.e.dest, "sending a sync datagram");
                     }
+                    1
                 }
+            };
+            self.stats.send_calls += 1;
+            let partial = sent < wanted;
+            self.e.sender.mark_sent(sent);
+            if partial {
+                self.stats.send_blocked += 1;
+                let _ = self.drain_timer.arm(Duration::from_millis(1));
+                return;
             }
         }
-        self.e.sender.mark_sent(sent);
     }
 
     fn publish(&self) {
@@ -450,6 +486,11 @@ impl Loop {
                 s.send_errors,
             ),
             Sample::counter(
+                "sync_send_calls",
+                "sendmmsg calls for sync datagrams",
+                s.send_calls,
+            ),
+            Sample::counter(
                 "sync_send_blocked",
                 "Times the sync socket buffer was full",
                 s.send_blocked,
@@ -464,6 +505,22 @@ impl Loop {
                 "Changes the encoder refused",
                 tx.encode_errors,
             ),
+            Sample::counter(
+                "sync_nacks_received",
+                "NACKs from the peer asking for our datagrams",
+                tx.nacks_received,
+            ),
+            Sample::counter(
+                "sync_retransmits",
+                "Datagrams sent again after a NACK",
+                tx.retransmits,
+            ),
+            Sample::counter(
+                "sync_resend_unserviceable",
+                "Sequences a NACK asked for that were no longer kept (the peer resyncs)",
+                tx.resend_unserviceable,
+            ),
+            Sample::counter("sync_nacks_sent", "NACKs this node sent", tx.nacks_sent),
             Sample::counter(
                 "capture_drain_rounds",
                 "Ring-buffer drain rounds",

@@ -27,12 +27,13 @@ use crate::{
     conntrack::Change,
     kernel::ctnetlink::Installer,
     metrics::{Board, Sample},
-    sync::{Payload, PeerEvent, Receiver},
+    sync::{NackRequest, Payload, PeerEvent, Receiver},
 };
 
 const RX: Token = Token(0);
 const TICK: Token = Token(1);
 pub const WAKE: Token = Token(2);
+const NACK: Token = Token(3);
 
 /// Changes gathered before installing even if more datagrams are waiting.
 const INSTALL_BATCH: usize = 8192;
@@ -90,6 +91,10 @@ struct Loop {
     buf: Vec<u8>,
     changes: Vec<Change>,
     tick: Timer,
+    /// Fires when the receiver's gap tracker has a NACK or a give-up due.
+    nack_timer: Timer,
+    /// A RESYNC_DONE waiting for earlier gaps to be repaired: (message, peer, its seq).
+    pending_done: Option<(crate::sync::wire::ResyncDone, u32, u64)>,
     recv_errors: u64,
 }
 
@@ -100,8 +105,15 @@ impl Ingress {
             buf: vec![0u8; 65536],
             changes: Vec::with_capacity(INSTALL_BATCH),
             tick: Timer::new()?,
+            nack_timer: Timer::new()?,
+            pending_done: None,
             recv_errors: 0,
         };
+        poll.registry().register(
+            &mut SourceFd(&l.nack_timer.as_raw_fd()),
+            NACK,
+            Interest::READABLE,
+        )?;
         poll.registry().register(
             &mut SourceFd(&l.i.socket.as_raw_fd()),
             RX,
@@ -126,6 +138,10 @@ impl Ingress {
                         l.publish();
                         l.tick.arm(PUBLISH_EVERY)?;
                     }
+                    NACK => {
+                        l.nack_timer.ack();
+                        l.recover();
+                    }
                     WAKE => l.on_commands(),
                     _ => {}
                 }
@@ -137,7 +153,8 @@ impl Ingress {
 }
 
 impl Loop {
-    /// Reads until the socket is empty, installing in batches.
+    /// Reads until the socket is empty, installing in batches; then asks for what is
+    /// missing and notices what can no longer be repaired.
     fn receive(&mut self) {
         loop {
             match self.i.socket.recv_from(&mut self.buf) {
@@ -150,39 +167,47 @@ impl Loop {
                     {
                         match got.peer_event {
                             PeerEvent::NewPeer => {
-                                tracing::info!(node = got.node, %src, "sync: first datagram from peer")
+                                tracing::info!(node = got.node, %src, "sync: first datagram from peer");
+                                to_egress(&self.i, EgressCmd::Hello);
                             }
-                            PeerEvent::Restarted { old_epoch } => tracing::info!(
-                                node = got.node,
-                                old_epoch,
-                                epoch = got.epoch,
-                                "sync: peer restarted"
-                            ),
+                            PeerEvent::Restarted { old_epoch } => {
+                                tracing::info!(
+                                    node = got.node,
+                                    old_epoch,
+                                    epoch = got.epoch,
+                                    "sync: peer restarted"
+                                );
+                                to_egress(&self.i, EgressCmd::Hello);
+                            }
                             PeerEvent::None => {}
-                        }
-                        if got.lost > 0 {
-                            tracing::debug!(
-                                node = got.node,
-                                lost = got.lost,
-                                "sync: datagrams missing"
-                            );
                         }
                         match got.payload {
                             Payload::ResyncRequest(r)
                                 if r.target == 0 || r.target == self.i.node =>
                             {
-                                let cmd = EgressCmd::Serve {
-                                    requester: got.node,
-                                    request_id: r.request_id,
-                                };
-                                if self.i.egress.send(cmd).is_ok() {
-                                    let _ = self.i.egress_waker.wake();
-                                }
+                                to_egress(
+                                    &self.i,
+                                    EgressCmd::Serve {
+                                        requester: got.node,
+                                        request_id: r.request_id,
+                                    },
+                                );
                             }
                             Payload::ResyncDone(d) if d.requester == self.i.node => {
-                                self.on_resync_done(d)
+                                // Complete only once nothing before it is missing.
+                                self.pending_done = Some((d, got.node, got.seq));
                             }
-                            // ALIVE and the rest only update the receiver's view of the peer.
+                            Payload::Nack(nack) if nack.node == self.i.node => {
+                                let req = NackRequest::from_wire(&nack);
+                                to_egress(
+                                    &self.i,
+                                    EgressCmd::ServeNack {
+                                        from: got.node,
+                                        req,
+                                    },
+                                );
+                            }
+                            // ALIVE, HELLO and the rest only update the receiver's view.
                             _ => {}
                         }
                     }
@@ -200,6 +225,43 @@ impl Loop {
             }
         }
         self.install();
+        self.recover();
+    }
+
+    /// Loss recovery after each batch (and on the NACK timer): NACK the gaps that are
+    /// due, and turn what can no longer be repaired into a resync.
+    fn recover(&mut self) {
+        let now = Instant::now();
+        while let Some(req) = self.i.receiver.poll_nack(now) {
+            to_egress(&self.i, EgressCmd::SendNack(req));
+        }
+        while let Some(r) = self.i.receiver.poll_resync() {
+            tracing::warn!(
+                node = r.node,
+                seqs = r.seqs,
+                reason = r.reason.as_str(),
+                "sync: datagrams lost beyond repair; resynchronising the table"
+            );
+            self.i.sync_state.mark_incomplete();
+        }
+        if let Some((done, node, seq)) = self.pending_done
+            && !self
+                .i
+                .receiver
+                .peer(node)
+                .is_some_and(|p| p.has_missing_before(seq))
+        {
+            self.pending_done = None;
+            self.finish_resync(done);
+        }
+        self.i
+            .sync_state
+            .given_up_now
+            .store(self.i.receiver.stats().given_up, Ordering::Relaxed);
+        let _ = match self.i.receiver.poll_timeout() {
+            Some(at) => self.nack_timer.arm(at.saturating_duration_since(now)),
+            None => self.nack_timer.disarm(),
+        };
     }
 
     fn on_commands(&mut self) {
@@ -220,36 +282,19 @@ impl Loop {
         t.created + t.updated + t.deleted + t.delete_not_found
     }
 
-    /// The peer finished sending its table: complete if nothing was lost on the way,
-    /// else ask again.
-    fn on_resync_done(&mut self, done: crate::sync::wire::ResyncDone) {
-        // Everything before RESYNC_DONE must be in the kernel first.
-        self.install();
+    /// The peer finished sending its table: complete if nothing was given up on the way
+    /// (gaps repaired by NACK are fine), else ask again.
+    fn finish_resync(&mut self, done: crate::sync::wire::ResyncDone) {
         let state = &self.i.sync_state;
         if state.pending_request.load(Ordering::Relaxed) != done.request_id {
             return; // an answer to an older request
         }
-        let lost = self
-            .i
-            .receiver
-            .stats()
-            .lost
-            .saturating_sub(self.i.receiver.stats().recovered);
-        if lost > state.lost_at_request.load(Ordering::Relaxed) {
+        if self.i.receiver.stats().given_up > state.given_up_at_request.load(Ordering::Relaxed) {
             tracing::warn!(
                 request_id = done.request_id,
-                "resync: datagrams were lost during the transfer; asking again"
+                "resync: datagrams were lost beyond repair during the transfer; asking again"
             );
-            let request_id = state.new_request_id();
-            state.requested(request_id, lost);
-            if self
-                .i
-                .egress
-                .send(EgressCmd::Request { request_id })
-                .is_ok()
-            {
-                let _ = self.i.egress_waker.wake();
-            }
+            state.mark_incomplete();
             return;
         }
         tracing::info!(
@@ -278,11 +323,6 @@ impl Loop {
             }
         }
         self.changes.clear();
-        let st = self.i.receiver.stats();
-        self.i
-            .sync_state
-            .lost_now
-            .store(st.lost.saturating_sub(st.recovered), Ordering::Relaxed);
     }
 
     fn publish(&self) {
@@ -369,6 +409,28 @@ impl Loop {
                 .label("errno", errno),
             );
         }
+        samples.extend([
+            Sample::counter(
+                "sync_nacks_sent_for_gaps",
+                "NACKs asking the peer to retransmit",
+                rx.nacks,
+            ),
+            Sample::counter(
+                "sync_repaired_datagrams",
+                "Missing datagrams recovered by NACK",
+                rx.repaired,
+            ),
+            Sample::counter(
+                "sync_given_up_datagrams",
+                "Datagrams lost beyond repair (a resync follows)",
+                rx.given_up,
+            ),
+            Sample::counter(
+                "sync_incompatible_peers",
+                "Peers refused for incompatible protocol versions",
+                rx.incompatible_peers,
+            ),
+        ]);
         for kind in crate::sync::RejectKind::ALL {
             samples.push(
                 Sample::counter("sync_rejected", rejected, rx.rejects.get(kind))
@@ -378,6 +440,15 @@ impl Loop {
         let now = Instant::now();
         for p in self.i.receiver.peers() {
             let node = p.node().to_string();
+            let behind = p.sync(now);
+            samples.push(
+                Sample::gauge(
+                    "sync_behind_datagrams",
+                    "Datagrams from the peer still missing (being recovered)",
+                    behind.outstanding as f64,
+                )
+                .label("peer", node.clone()),
+            );
             samples.push(
                 Sample::gauge(
                     "sync_peer_last_heard_seconds",
@@ -399,6 +470,13 @@ impl Loop {
 /// the connection really ends, the owner's deletion removes it.
 pub fn replica_lifetime(timeout: u32) -> u32 {
     timeout.saturating_add(timeout.div_ceil(2))
+}
+
+/// Hands a command to the egress thread and wakes it.
+fn to_egress(i: &Ingress, cmd: EgressCmd) {
+    if i.egress.send(cmd).is_ok() {
+        let _ = i.egress_waker.wake();
+    }
 }
 
 pub fn waker(poll: &Poll) -> io::Result<Waker> {

@@ -24,6 +24,22 @@ pub struct ReplicaSet {
     len: AtomicUsize,
 }
 
+/// Room reserved up front: growing a hash set rehashes everything at once, a stall of
+/// milliseconds at a few hundred thousand keys, right in the install path.
+const INITIAL_CAPACITY: usize = 1 << 18;
+
+impl ReplicaSet {
+    pub fn new() -> ReplicaSet {
+        ReplicaSet {
+            keys: Mutex::new(HashSet::with_capacity_and_hasher(
+                INITIAL_CAPACITY,
+                BuildHasherDefault::default(),
+            )),
+            len: AtomicUsize::new(0),
+        }
+    }
+}
+
 fn fingerprint(key: &Key) -> u64 {
     BuildHasherDefault::<DefaultHasher>::default().hash_one(key)
 }

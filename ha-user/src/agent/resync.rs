@@ -41,6 +41,15 @@ pub enum EgressCmd {
         request_id: u32,
         entries: Result<Vec<Entry>, String>,
     },
+    /// Ask the peer to retransmit what we missed (from the receiver's gap tracker).
+    SendNack(crate::sync::NackRequest),
+    /// The peer missed some of our datagrams: retransmit them.
+    ServeNack {
+        from: u32,
+        req: crate::sync::NackRequest,
+    },
+    /// Announce our protocol versions (a peer appeared or restarted).
+    Hello,
 }
 
 /// A resync being streamed to the peer.
@@ -81,10 +90,11 @@ pub fn replicable(entry: &Entry, sync_peers: &[IpAddr]) -> bool {
 pub struct SyncState {
     /// The request in flight, 0 = none.
     pub pending_request: AtomicU32,
-    /// Datagrams lost from the peer when the request was sent.
-    pub lost_at_request: AtomicU64,
-    /// Datagrams lost from the peer so far (net of late arrivals), kept by ingress.
-    pub lost_now: AtomicU64,
+    /// Datagrams from the peer given up (lost beyond NACK repair) when the request was
+    /// sent; more by the time RESYNC_DONE arrives means the table is incomplete.
+    pub given_up_at_request: AtomicU64,
+    /// Datagrams given up so far, kept by ingress.
+    pub given_up_now: AtomicU64,
     requested_at: Mutex<Option<Instant>>,
     /// Unix seconds of the last completed full sync, 0 = never.
     pub last_full_sync: AtomicU64,
@@ -101,8 +111,8 @@ impl Default for SyncState {
         let (complete_tx, _) = watch::channel(false);
         SyncState {
             pending_request: AtomicU32::new(0),
-            lost_at_request: AtomicU64::new(0),
-            lost_now: AtomicU64::new(0),
+            given_up_at_request: AtomicU64::new(0),
+            given_up_now: AtomicU64::new(0),
             requested_at: Mutex::new(None),
             last_full_sync: AtomicU64::new(0),
             full_syncs: AtomicU64::new(0),
@@ -127,7 +137,8 @@ impl SyncState {
     /// Records a request about to be sent.
     pub fn requested(&self, request_id: u32, lost_so_far: u64) {
         self.pending_request.store(request_id, Ordering::Relaxed);
-        self.lost_at_request.store(lost_so_far, Ordering::Relaxed);
+        self.given_up_at_request
+            .store(lost_so_far, Ordering::Relaxed);
         if let Ok(mut at) = self.requested_at.lock() {
             *at = Some(Instant::now());
         }
@@ -163,6 +174,14 @@ impl SyncState {
             .unwrap_or(0);
         self.last_full_sync.store(now, Ordering::Relaxed);
         self.mark_complete();
+    }
+
+    /// The table is known incomplete (datagrams lost beyond repair): a new request goes
+    /// out, and the HA election treats this node as unsynced until it completes.
+    pub fn mark_incomplete(&self) {
+        self.pending_request.store(0, Ordering::Relaxed);
+        self.complete.store(false, Ordering::Relaxed);
+        self.complete_tx.send_replace(false);
     }
 
     /// Nothing to wait for (no peer to sync from): the table counts as complete.

@@ -171,6 +171,10 @@ impl Driver {
         self.hold_interfaces_down();
         self.check_health(Instant::now());
         let mut sync_rx = self.links.sync.as_ref().map(|s| s.subscribe());
+        // Already complete before we subscribed (a fast bulk sync): say so now.
+        if self.links.sync.as_ref().is_some_and(|s| s.is_complete()) {
+            self.election.handle(Instant::now(), Input::SyncComplete);
+        }
         let mut buf = [0u8; 2048];
         let mut events = Vec::new();
         loop {
@@ -200,10 +204,9 @@ impl Driver {
                         }
                     }
                 }
-                changed = wait_sync(&mut sync_rx) => {
-                    if changed {
-                        self.election.handle(Instant::now(), Input::SyncComplete);
-                    }
+                complete = wait_sync(&mut sync_rx) => {
+                    let input = if complete { Input::SyncComplete } else { Input::SyncLost };
+                    self.election.handle(Instant::now(), input);
                 }
                 cmd = commands.recv() => match cmd {
                     Some(Command::Promote) => self.election.handle(Instant::now(), Input::Promote),
@@ -322,17 +325,17 @@ impl Driver {
     /// Stepping down for good: release the addresses and tell the peer at once (it
     /// takes over on our heartbeat instead of waiting for the dead interval).
     async fn shutdown(&mut self, socket: &UdpSocket) {
-        let was_primary = self.election.role() == Role::Primary;
+        if self.election.role() != Role::Primary {
+            return; // a backup holds nothing; the peer notices the silence
+        }
         self.election.handle(Instant::now(), Input::Demote);
         while let Some(hb) = self.election.poll_transmit(Instant::now()) {
             let _ = socket
                 .send_to(&encode(&hb, &self.cfg.send_key), self.cfg.peer)
                 .await;
         }
-        if was_primary {
-            tracing::warn!("stopping: releasing the virtual addresses");
-            self.takeover.release();
-        }
+        tracing::warn!("stopping: releasing the virtual addresses");
+        self.takeover.release();
     }
 
     fn record(&mut self, role: Role, reason: Reason) {
@@ -562,23 +565,14 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     }
 }
 
-/// Resolves with `true` once when the sync completes; never if there is no sync.
+/// The next change of the sync state: `true` when the peer's table is complete,
+/// `false` when it became incomplete; never if there is no sync.
 async fn wait_sync(rx: &mut Option<watch::Receiver<bool>>) -> bool {
     let Some(r) = rx else {
         return std::future::pending().await;
     };
-    if *r.borrow() {
-        *rx = None;
-        return true;
-    }
     match r.changed().await {
-        Ok(()) => {
-            let done = *r.borrow();
-            if done {
-                *rx = None;
-            }
-            done
-        }
+        Ok(()) => *r.borrow_and_update(),
         Err(_) => {
             *rx = None;
             std::future::pending().await

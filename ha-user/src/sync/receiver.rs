@@ -7,6 +7,14 @@
 //! the payload turns out malformed: the datagram is genuine, its sequence was used, and
 //! asking for it again would fetch the same bytes.
 //!
+//! Loss recovery: per peer, [`Gaps`](super::nack) tracks what the window misses; the
+//! driver polls [`Receiver::poll_nack`] at [`Receiver::poll_timeout`] and sends the
+//! NACKs through its Sender, and polls [`Receiver::poll_resync`] for what was given up
+//! (→ resync). See `sync::nack` for the schedule and the give-up rules.
+//!
+//! Versions: a HELLO is negotiated against ours (`sync::hello`); an incompatible peer's
+//! other datagrams are refused and it is never NACKed.
+//!
 //! Restarts: a known node with a new epoch is a restart; its window starts afresh and
 //! the old epoch is retired. Datagrams of the last few retired epochs are refused
 //! ([`Reject::StaleEpoch`]), which keeps in-flight pre-restart datagrams out and stops a
@@ -18,11 +26,16 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use super::auth::KeyRing;
+use super::hello::{self, PeerVersion};
+use super::nack::{Gaps, GiveUp, GiveUpReason, NackConfig, NackRequest, ResyncNeeded};
 use super::ratelimit::RateLimiter;
 use super::reject::{Reject, RejectKind};
 use super::replay::{ReplayError, ReplayWindow};
 use super::stats::ReceiverStats;
-use super::wire::{self, Alive, Datagram, Hello, Message, Nack, ResyncDone, ResyncRequest};
+use super::wire::{
+    self, Alive, Datagram, DigestChunk, DigestRequest, Hello, Message, MsgType, Nack, RepairDone,
+    RepairRequest, ResyncDone, ResyncRequest,
+};
 use crate::conntrack::Change;
 
 pub const DEFAULT_MAX_PEERS: usize = 32;
@@ -37,6 +50,11 @@ pub struct ReceiverConfig {
     pub max_peers: usize,
     /// At most one log line per reject reason per interval.
     pub log_interval: Duration,
+    /// NACK schedule; set `max_ranges` from our Sender's datagram size
+    /// ([`max_nack_ranges`](super::nack::max_nack_ranges)).
+    pub nack: NackConfig,
+    /// Our versions, to negotiate peers' HELLOs against ([`hello::ours`]).
+    pub hello: Hello,
 }
 
 impl ReceiverConfig {
@@ -45,6 +63,8 @@ impl ReceiverConfig {
             node_id,
             max_peers: DEFAULT_MAX_PEERS,
             log_interval: Duration::from_secs(1),
+            nack: NackConfig::default(),
+            hello: hello::ours(),
         }
     }
 }
@@ -60,6 +80,26 @@ pub struct PeerStats {
     pub replayed: u64,
     pub too_old: u64,
     pub epoch_changes: u64,
+    /// NACK messages for this peer, and the sequences they asked for.
+    pub nacks: u64,
+    pub nacked_seqs: u64,
+    /// Recovered sequences that had been NACKed.
+    pub repaired: u64,
+    /// Missing sequences given up (reported for a resync).
+    pub given_up: u64,
+}
+
+/// Where we stand with a peer's stream ("in sync / behind by N").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PeerSync {
+    /// Missing sequences still being recovered (NACKed, or about to be).
+    pub outstanding: u64,
+    /// Gaps NACKed at least once and not filled yet.
+    pub nacks_in_flight: usize,
+    /// How long the oldest of the outstanding sequences has been missing.
+    pub oldest_missing: Option<Duration>,
+    /// Sequences given up and not yet taken by [`Receiver::poll_resync`].
+    pub resync_pending: u64,
 }
 
 /// What we know of one sender.
@@ -73,6 +113,10 @@ pub struct Peer {
     last_alive: Option<Alive>,
     retired: [u32; RETIRED_EPOCHS],
     stats: PeerStats,
+    gaps: Gaps,
+    version: PeerVersion,
+    /// Given up, not yet polled.
+    resync: Option<ResyncNeeded>,
 }
 
 impl Peer {
@@ -112,6 +156,75 @@ impl Peer {
         &self.stats
     }
 
+    /// What its HELLO negotiated (for the current epoch).
+    pub fn version(&self) -> PeerVersion {
+        self.version
+    }
+
+    /// Recovery status (walks the gaps: for status pages, not per datagram).
+    pub fn sync(&self, now: Instant) -> PeerSync {
+        PeerSync {
+            outstanding: self.gaps.outstanding(&self.window),
+            nacks_in_flight: self.gaps.nacked(),
+            oldest_missing: self
+                .gaps
+                .oldest(&self.window)
+                .map(|t| now.saturating_duration_since(t)),
+            resync_pending: self.resync.map_or(0, |r| r.seqs),
+        }
+    }
+
+    /// Whether anything before `seq` (of the current epoch) is still missing: a
+    /// marker such as REPAIR_DONE is only complete once this is false.
+    pub fn has_missing_before(&self, seq: u64) -> bool {
+        seq > 1 && self.window.missing_within(1, seq - 1).next().is_some()
+    }
+
+    fn give_up(
+        &mut self,
+        g: Option<GiveUp>,
+        st: &mut ReceiverStats,
+        log: &mut RateLimiter<1>,
+        now: Instant,
+    ) {
+        let Some(g) = g else {
+            return;
+        };
+        // Saturating: an authenticated peer can skip almost 2^64 sequences.
+        self.stats.given_up = self.stats.given_up.saturating_add(g.seqs);
+        st.given_up = st.given_up.saturating_add(g.seqs);
+        match &mut self.resync {
+            Some(r) => {
+                r.seqs = r.seqs.saturating_add(g.seqs);
+                r.first = r.first.min(g.first);
+                r.last = r.last.max(g.last);
+                r.epoch = self.epoch;
+            }
+            None => {
+                self.resync = Some(ResyncNeeded {
+                    node: self.node,
+                    epoch: self.epoch,
+                    seqs: g.seqs,
+                    first: g.first,
+                    last: g.last,
+                    reason: g.reason,
+                });
+            }
+        }
+        if let Some(suppressed) = log.check(0, now) {
+            tracing::warn!(
+                node = self.node,
+                epoch = self.epoch,
+                seqs = g.seqs,
+                first = g.first,
+                last = g.last,
+                reason = g.reason.as_str(),
+                suppressed,
+                "sync: datagrams lost beyond recovery; the peer's state needs a resync"
+            );
+        }
+    }
+
     fn retire(&mut self, epoch: u32) {
         self.retired.rotate_right(1);
         self.retired[0] = epoch;
@@ -134,12 +247,23 @@ pub enum PeerEvent {
 /// An accepted datagram's content (DATA changes went to the caller's `Vec`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Payload<'a> {
-    Data { changes: usize },
+    Data {
+        changes: usize,
+    },
     Alive(Alive),
+    /// Addressed to `nack.node`: only that node's driver serves it.
     Nack(Nack<'a>),
-    Hello(Hello),
+    /// The peer's HELLO and what it negotiated.
+    Hello {
+        hello: Hello,
+        version: PeerVersion,
+    },
     ResyncRequest(ResyncRequest),
     ResyncDone(ResyncDone),
+    DigestRequest(DigestRequest),
+    Digest(DigestChunk<'a>),
+    RepairRequest(RepairRequest<'a>),
+    RepairDone(RepairDone<'a>),
 }
 
 /// An accepted datagram.
@@ -151,6 +275,8 @@ pub struct Received<'a> {
     pub peer_event: PeerEvent,
     /// Sequences this datagram revealed as missing.
     pub lost: u64,
+    /// It filled a gap that had been NACKed (a retransmission, most likely).
+    pub repaired: bool,
     pub payload: Payload<'a>,
 }
 
@@ -161,6 +287,9 @@ pub struct Receiver {
     peers: Vec<Peer>,
     stats: ReceiverStats,
     log: RateLimiter<{ RejectKind::COUNT }>,
+    log_resync: RateLimiter<1>,
+    nack: NackConfig,
+    hello: Hello,
 }
 
 impl std::fmt::Debug for Receiver {
@@ -182,7 +311,49 @@ impl Receiver {
             peers: Vec::new(),
             stats: ReceiverStats::default(),
             log: RateLimiter::new(cfg.log_interval),
+            log_resync: RateLimiter::new(cfg.log_interval),
+            nack: cfg.nack,
+            hello: cfg.hello,
         }
+    }
+
+    /// The next NACK to send, if one is due at `now` (call until `None`). Also gives
+    /// up what can no longer be recovered (see [`poll_resync`](Self::poll_resync)).
+    pub fn poll_nack(&mut self, now: Instant) -> Option<NackRequest> {
+        for p in &mut self.peers {
+            if p.gaps.wakeup().is_none_or(|t| t > now) {
+                continue;
+            }
+            let mut ranges = Vec::new();
+            let g = p.gaps.poll(now, &p.window, &self.nack, &mut ranges);
+            p.give_up(g, &mut self.stats, &mut self.log_resync, now);
+            if ranges.is_empty() {
+                continue;
+            }
+            let req = NackRequest {
+                node: p.node,
+                epoch: p.epoch,
+                ranges,
+            };
+            let seqs = req.seqs();
+            p.stats.nacks += 1;
+            p.stats.nacked_seqs += seqs;
+            self.stats.nacks += 1;
+            self.stats.nacked_seqs += seqs;
+            return Some(req);
+        }
+        None
+    }
+
+    /// When [`poll_nack`](Self::poll_nack) next has something to do.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.peers.iter().filter_map(|p| p.gaps.wakeup()).min()
+    }
+
+    /// A peer whose changes were lost beyond recovery, if any (call until `None`; each
+    /// loss is reported once, merged per peer until polled).
+    pub fn poll_resync(&mut self) -> Option<ResyncNeeded> {
+        self.peers.iter_mut().find_map(|p| p.resync.take())
     }
 
     /// Replaces the key ring (rotation).
@@ -220,10 +391,12 @@ impl Receiver {
                 match kind {
                     // Expected in normal operation (duplicates, multicast loopback,
                     // pre-restart stragglers): keep them out of the default log.
+                    // Incompatible: logged at error once per peer epoch, at its HELLO.
                     RejectKind::Replayed
                     | RejectKind::TooOld
                     | RejectKind::OwnNode
-                    | RejectKind::StaleEpoch => {
+                    | RejectKind::StaleEpoch
+                    | RejectKind::Incompatible => {
                         tracing::debug!(%src, reason = %r, suppressed, "sync: datagram dropped");
                     }
                     _ => tracing::warn!(%src, reason = %r, suppressed, "sync: datagram dropped"),
@@ -249,6 +422,13 @@ impl Receiver {
         // Authenticated from here on.
         let (idx, peer_event) = self.peer_for(now, src, node, epoch, seq)?;
         let p = &mut self.peers[idx];
+        let track = !p.version.is_incompatible();
+        let expired = if track {
+            p.gaps.before_accept(&p.window, seq)
+        } else {
+            None
+        };
+        let old_highest = p.window.highest();
         let acc = match p.window.accept(seq) {
             Ok(a) => a,
             Err(ReplayError::Replayed) => {
@@ -260,18 +440,47 @@ impl Receiver {
                 return Err(Reject::TooOld { seq });
             }
         };
+        let st = &mut self.stats;
+        p.give_up(expired, st, &mut self.log_resync, now);
+        let mut repaired = false;
+        if track {
+            let (r, skipped) = p
+                .gaps
+                .on_accept(now, &p.window, old_highest, seq, &acc, &self.nack);
+            repaired = r;
+            p.give_up(skipped, st, &mut self.log_resync, now);
+        }
         p.addr = src;
         p.last_heard = now;
-        p.stats.datagrams += 1;
-        p.stats.lost += acc.lost;
+        p.stats.lost = p.stats.lost.saturating_add(acc.lost);
         p.stats.recovered += u64::from(acc.recovered);
-        p.stats.expired += acc.expired;
-        let st = &mut self.stats;
+        p.stats.expired = p.stats.expired.saturating_add(acc.expired);
+        p.stats.repaired += u64::from(repaired);
+        st.lost = st.lost.saturating_add(acc.lost);
+        st.recovered += u64::from(acc.recovered);
+        st.expired = st.expired.saturating_add(acc.expired);
+        st.repaired += u64::from(repaired);
+        if let PeerVersion::Incompatible(i) = p.version
+            && dg.msg_type() != MsgType::Hello
+        {
+            if dg.msg_type() == MsgType::Data {
+                // Its changes are not applied: never silently.
+                let g = GiveUp {
+                    seqs: 1,
+                    first: seq,
+                    last: seq,
+                    reason: GiveUpReason::Refused,
+                };
+                p.give_up(Some(g), st, &mut self.log_resync, now);
+            }
+            return Err(Reject::Incompatible {
+                min: i.theirs_min,
+                max: i.theirs_max,
+            });
+        }
+        p.stats.datagrams += 1;
         st.datagrams += 1;
         st.bytes += datagram.len() as u64;
-        st.lost += acc.lost;
-        st.recovered += u64::from(acc.recovered);
-        st.expired += acc.expired;
 
         let payload = match dg.message()? {
             Message::Data(records) => {
@@ -283,12 +492,48 @@ impl Receiver {
             Message::Alive(a) => {
                 p.last_alive = Some(a);
                 st.alives += 1;
+                if track {
+                    let g = p.gaps.on_retained_from(&p.window, a.retained_from, seq);
+                    p.give_up(g, st, &mut self.log_resync, now);
+                }
                 Payload::Alive(a)
             }
             Message::Nack(n) => Payload::Nack(n),
-            Message::Hello(h) => Payload::Hello(h),
+            Message::Hello(h) => {
+                let version = match hello::negotiate(&self.hello, &h) {
+                    Ok(a) => {
+                        if p.version != PeerVersion::Agreed(a) {
+                            tracing::info!(
+                                node,
+                                epoch,
+                                version = a.version,
+                                features = a.features,
+                                "sync: protocol version agreed"
+                            );
+                        }
+                        PeerVersion::Agreed(a)
+                    }
+                    Err(e) => {
+                        if !p.version.is_incompatible() {
+                            // Once per peer epoch (until it agrees again).
+                            st.incompatible_peers += 1;
+                            tracing::error!(node, epoch, %src, "sync: peer refused: {e}");
+                            // What it still missed would be refused too.
+                            let g = p.gaps.clear(&p.window, GiveUpReason::Refused);
+                            p.give_up(g, st, &mut self.log_resync, now);
+                        }
+                        PeerVersion::Incompatible(e)
+                    }
+                };
+                p.version = version;
+                Payload::Hello { hello: h, version }
+            }
             Message::ResyncRequest(r) => Payload::ResyncRequest(r),
             Message::ResyncDone(d) => Payload::ResyncDone(d),
+            Message::DigestRequest(r) => Payload::DigestRequest(r),
+            Message::Digest(d) => Payload::Digest(d),
+            Message::RepairRequest(r) => Payload::RepairRequest(r),
+            Message::RepairDone(d) => Payload::RepairDone(d),
         };
         Ok(Received {
             node,
@@ -296,6 +541,7 @@ impl Receiver {
             seq,
             peer_event,
             lost: acc.lost,
+            repaired,
             payload,
         })
     }
@@ -323,6 +569,9 @@ impl Receiver {
                 last_alive: None,
                 retired: [0; RETIRED_EPOCHS],
                 stats: PeerStats::default(),
+                gaps: Gaps::default(),
+                version: PeerVersion::Unknown,
+                resync: None,
             });
             self.stats.new_peers += 1;
             tracing::info!(node, epoch, %src, seq, "sync: new peer");
@@ -340,10 +589,14 @@ impl Receiver {
         let expired = p.window.missing_count();
         p.stats.expired += expired;
         self.stats.expired += expired;
+        let g = p.gaps.clear(&p.window, GiveUpReason::Restarted);
+        p.give_up(g, &mut self.stats, &mut self.log_resync, now);
         p.retire(old_epoch);
         p.epoch = epoch;
         p.window = ReplayWindow::new(seq);
         p.last_alive = None;
+        // A restart may be an upgrade: versions are negotiated afresh.
+        p.version = PeerVersion::Unknown;
         p.stats.epoch_changes += 1;
         self.stats.epoch_changes += 1;
         tracing::info!(
@@ -364,7 +617,7 @@ mod tests {
     use crate::sync::auth::SyncKey;
     use crate::sync::sender::{Sender, SenderConfig};
     use crate::sync::wire::record::tests::udp4;
-    use crate::sync::wire::{HEADER_LEN, HeaderFields, MsgType};
+    use crate::sync::wire::{Control, HEADER_LEN, HeaderFields, MsgType};
 
     fn src() -> SocketAddr {
         "192.0.2.1:4800".parse().unwrap()
@@ -583,10 +836,11 @@ mod tests {
         let mut s = sender(1, 1, key("k"), t);
         let mut r = receiver(KeyRing::new(key("k"), None));
         let mut out = Vec::new();
-        s.handle_timeout(t);
-        let alive1 = s.ready().next().unwrap().to_vec();
-        s.mark_sent(1);
-        r.handle(t, src(), &alive1, &mut out).unwrap();
+        s.handle_timeout(t); // HELLO 1, ALIVE 2
+        for d in s.ready() {
+            r.handle(t, src(), d, &mut out).unwrap();
+        }
+        s.mark_sent(2);
         let _ = data(&mut s, 1); // lost
         let _ = data(&mut s, 1); // lost
         let later = t + Duration::from_secs(1);
@@ -596,11 +850,17 @@ mod tests {
         assert_eq!(got.lost, 2);
         assert!(matches!(got.payload, Payload::Alive(_)));
         let p = r.peer(1).unwrap();
-        assert_eq!(p.missing().collect::<Vec<_>>(), vec![2..=3]);
+        assert_eq!(p.missing().collect::<Vec<_>>(), vec![3..=4]);
         assert_eq!(p.last_heard(), later);
         assert_eq!(p.last_alive().unwrap().interval_ms, 1000);
         assert_eq!(r.stats().lost, 2);
         assert_eq!(r.stats().alives, 2);
+        let sync = p.sync(later + Duration::from_millis(5));
+        assert_eq!(sync.outstanding, 2);
+        assert_eq!(sync.oldest_missing, Some(Duration::from_millis(5)));
+        assert_eq!(sync.nacks_in_flight, 0);
+        assert!(p.has_missing_before(5) && !p.has_missing_before(3));
+        assert_eq!(r.poll_timeout(), Some(later + Duration::from_millis(2)));
     }
 
     #[test]
@@ -620,7 +880,6 @@ mod tests {
 
     #[test]
     fn control_messages_are_delivered() {
-        use crate::sync::wire::Control;
         let t = Instant::now();
         let mut s = sender(1, 1, key("k"), t);
         let mut r = receiver(KeyRing::new(key("k"), None));
@@ -652,9 +911,144 @@ mod tests {
         let Payload::Nack(n) = got[0] else { panic!() };
         assert_eq!((n.node, n.epoch), (9, 3));
         assert_eq!(n.ranges().collect::<Vec<_>>(), vec![4..=6, 10..=10]);
-        assert!(matches!(got[1], Payload::Hello(h) if h.max_version == 1));
+        assert!(matches!(
+            got[1],
+            Payload::Hello { hello, version: PeerVersion::Agreed(a) }
+                if hello.max_version == 1 && a.version == 1
+        ));
         assert!(matches!(got[2], Payload::ResyncRequest(q) if q.request_id == 5));
         assert!(matches!(got[3], Payload::ResyncDone(d) if d.records == 1000));
-        assert_eq!(s.stats().controls, 4);
+        let st = s.stats();
+        assert_eq!((st.controls, st.hellos, st.nacks_sent), (2, 1, 1));
+    }
+
+    fn hello_from(s: &mut Sender, min_version: u8, max_version: u8) -> Vec<u8> {
+        s.queue(Control::Hello(Hello {
+            min_version,
+            max_version,
+            features: 0,
+        }));
+        let d = s.ready().last().unwrap().to_vec();
+        s.mark_sent(usize::MAX);
+        d
+    }
+
+    #[test]
+    fn incompatible_peers_are_refused_until_they_agree() {
+        let t = Instant::now();
+        let mut s = sender(1, 1, key("k"), t);
+        let mut r = receiver(KeyRing::new(key("k"), None));
+        let mut out = Vec::new();
+        // A future node speaking 2..=3 only (its HELLO is v1-framed).
+        let h = hello_from(&mut s, 2, 3);
+        let got = r.handle(t, src(), &h, &mut out).unwrap();
+        let want = crate::sync::hello::Incompatible {
+            ours_min: 1,
+            ours_max: 1,
+            theirs_min: 2,
+            theirs_max: 3,
+        };
+        assert_eq!(
+            got.payload,
+            Payload::Hello {
+                hello: Hello {
+                    min_version: 2,
+                    max_version: 3,
+                    features: 0
+                },
+                version: PeerVersion::Incompatible(want)
+            }
+        );
+        assert_eq!(
+            r.peer(1).unwrap().version(),
+            PeerVersion::Incompatible(want)
+        );
+        // Its data is refused, counted, and reported for a resync (never silent).
+        assert_eq!(
+            r.handle(t, src(), &data(&mut s, 2), &mut out),
+            Err(Reject::Incompatible { min: 2, max: 3 })
+        );
+        assert!(out.is_empty());
+        assert_eq!(r.stats().rejects.incompatible, 1);
+        let rs = r.poll_resync().unwrap();
+        assert_eq!((rs.node, rs.seqs, rs.reason), (1, 1, GiveUpReason::Refused));
+        // Repeated HELLOs: counted (and logged) once per epoch.
+        r.handle(t, src(), &hello_from(&mut s, 2, 3), &mut out)
+            .unwrap();
+        assert_eq!(r.stats().incompatible_peers, 1);
+        // Gaps of an incompatible peer are not NACKed.
+        let _lost = data(&mut s, 1);
+        let _ = r.handle(t, src(), &data(&mut s, 1), &mut out);
+        assert_eq!(r.poll_timeout(), None);
+        // It comes back speaking 1..=2: they agree on 1 and its data flows again.
+        let h = hello_from(&mut s, 1, 2);
+        let got = r.handle(t, src(), &h, &mut out).unwrap();
+        assert!(matches!(
+            got.payload,
+            Payload::Hello { version: PeerVersion::Agreed(a), .. } if a.version == 1
+        ));
+        assert!(r.handle(t, src(), &data(&mut s, 1), &mut out).is_ok());
+        assert_eq!(out.len(), 1);
+        // A restart forgets the negotiation.
+        let mut s2 = sender(1, 2, key("k"), t);
+        r.handle(t, src(), &data(&mut s2, 1), &mut out).unwrap();
+        assert_eq!(r.peer(1).unwrap().version(), PeerVersion::Unknown);
+    }
+
+    #[test]
+    fn nack_retransmit_roundtrip() {
+        let t = Instant::now();
+        let ms = Duration::from_millis;
+        let mut s = sender(1, 1, key("k"), t);
+        let mut r = receiver(KeyRing::new(key("k"), None));
+        let mut out = Vec::new();
+        r.handle(t, src(), &data(&mut s, 1), &mut out).unwrap();
+        let _lost = data(&mut s, 2);
+        let d3 = data(&mut s, 1);
+        assert_eq!(r.handle(t, src(), &d3, &mut out).unwrap().lost, 1);
+        assert_eq!(r.poll_nack(t + ms(1)), None, "reordering tolerance");
+        assert_eq!(r.poll_timeout(), Some(t + ms(2)));
+        let n = r.poll_nack(t + ms(2)).unwrap();
+        assert_eq!(
+            n,
+            NackRequest {
+                node: 1,
+                epoch: 1,
+                ranges: vec![2..=2]
+            }
+        );
+        assert_eq!(r.poll_nack(t + ms(2)), None);
+        // Through the wire and the sender.
+        let mut me = sender(8, 5, key("k"), t);
+        me.queue(n.control());
+        let wire = me.ready().next().unwrap().to_vec();
+        let mut s_rx = receiver(KeyRing::new(key("k"), None));
+        let got = s_rx.handle(t, src(), &wire, &mut Vec::new()).unwrap();
+        let Payload::Nack(w) = got.payload else {
+            panic!()
+        };
+        let out_n = s.handle_nack(t + ms(3), got.node, &NackRequest::from_wire(&w));
+        assert_eq!(out_n.queued, 1);
+        let retx = s.ready().next().unwrap().to_vec();
+        s.mark_sent(1);
+        out.clear();
+        let got = r.handle(t + ms(3), src(), &retx, &mut out).unwrap();
+        assert!(got.repaired);
+        assert_eq!(out, vec![upsert(); 2]);
+        let p = r.peer(1).unwrap();
+        assert_eq!(
+            (p.stats().repaired, p.stats().nacks, p.stats().nacked_seqs),
+            (1, 1, 1)
+        );
+        assert_eq!(p.sync(t + ms(3)).outstanding, 0);
+        assert_eq!(r.poll_nack(t + ms(100)), None);
+        assert_eq!(r.poll_timeout(), None);
+        assert_eq!(r.poll_resync(), None);
+        assert_eq!(s.stats().retransmits, 1);
+        // The retransmission again (a duplicate) is dropped as a replay.
+        assert_eq!(
+            r.handle(t, src(), &retx, &mut out),
+            Err(Reject::Replayed { seq: 2 })
+        );
     }
 }

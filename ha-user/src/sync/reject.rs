@@ -47,6 +47,10 @@ pub enum Reject {
     /// Authenticated but undecodable payload. `offset` is from the start of the datagram.
     #[error("malformed payload at offset {offset}: {what}")]
     Malformed { offset: usize, what: &'static str },
+    /// The peer's HELLO announced versions we do not speak: everything but its HELLOs
+    /// is refused until it announces a common version.
+    #[error("peer speaks protocol versions {min}..={max} only")]
+    Incompatible { min: u8, max: u8 },
 }
 
 /// The reason without its details: indexes counters and the log rate limiter.
@@ -67,10 +71,11 @@ pub enum RejectKind {
     Replayed,
     TooOld,
     Malformed,
+    Incompatible,
 }
 
 impl RejectKind {
-    pub const COUNT: usize = 14;
+    pub const COUNT: usize = 15;
     pub const ALL: [RejectKind; RejectKind::COUNT] = [
         RejectKind::Truncated,
         RejectKind::Oversized,
@@ -86,6 +91,7 @@ impl RejectKind {
         RejectKind::Replayed,
         RejectKind::TooOld,
         RejectKind::Malformed,
+        RejectKind::Incompatible,
     ];
 
     /// A stable snake_case name (metric label value).
@@ -105,6 +111,7 @@ impl RejectKind {
             RejectKind::Replayed => "replayed",
             RejectKind::TooOld => "too_old",
             RejectKind::Malformed => "malformed",
+            RejectKind::Incompatible => "incompatible_version",
         }
     }
 
@@ -130,6 +137,7 @@ impl Reject {
             Reject::Replayed { .. } => RejectKind::Replayed,
             Reject::TooOld { .. } => RejectKind::TooOld,
             Reject::Malformed { .. } => RejectKind::Malformed,
+            Reject::Incompatible { .. } => RejectKind::Incompatible,
         }
     }
 }

@@ -13,11 +13,16 @@
 //! [`WINDOW`] sequences the sender has sent, the epoch is taken to start at 1 (so the
 //! lost start of a fresh epoch counts); otherwise we joined mid-stream and nothing
 //! before it is expected.
+//!
+//! The window is also the retransmission horizon: a retransmitted sequence is only
+//! accepted while it is in the window, so a sender retaining more than [`WINDOW`]
+//! datagrams gains nothing. 4096 sequences ≈ 2 s of full datagrams at 100k events/s,
+//! for 512 bytes per peer.
 
 use std::ops::RangeInclusive;
 
 /// Sequences tracked behind the highest accepted one.
-pub const WINDOW: u64 = 1024;
+pub const WINDOW: u64 = 4096;
 const WORDS: usize = (WINDOW / 64) as usize;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -71,8 +76,20 @@ impl ReplayWindow {
     }
 
     /// Lowest sequence the window still tracks.
-    fn low(&self) -> u64 {
+    pub fn low(&self) -> u64 {
         self.floor.max((self.highest + 1).saturating_sub(WINDOW))
+    }
+
+    /// What [`low`](Self::low) would be after accepting `seq` (to see what is about to
+    /// expire while the bits still say it).
+    pub fn low_after(&self, seq: u64) -> u64 {
+        self.floor
+            .max((self.highest.max(seq) + 1).saturating_sub(WINDOW))
+    }
+
+    /// Whether `seq` is tracked and has not arrived.
+    pub fn is_missing(&self, seq: u64) -> bool {
+        seq >= self.low() && seq <= self.highest && !self.get(seq)
     }
 
     fn get(&self, seq: u64) -> bool {
@@ -143,10 +160,25 @@ impl ReplayWindow {
 
     /// Missing sequences still in the window, as ranges in ascending order.
     pub fn missing(&self) -> impl Iterator<Item = RangeInclusive<u64>> + '_ {
-        let mut s = self.low();
-        let end = self.highest;
+        self.missing_within(self.low(), self.highest)
+    }
+
+    /// Missing sequences within `first..=last` (clipped to the window), as ranges in
+    /// ascending order.
+    pub fn missing_within(
+        &self,
+        first: u64,
+        last: u64,
+    ) -> impl Iterator<Item = RangeInclusive<u64>> + '_ {
+        let mut s = first.max(self.low());
+        let end = last.min(self.highest);
         std::iter::from_fn(move || {
             while s <= end && self.get(s) {
+                // Skip whole received words (the common case) 64 at a time.
+                if s.is_multiple_of(64) && s + 63 <= end && self.bits[slot(s).0] == u64::MAX {
+                    s += 64;
+                    continue;
+                }
                 s += 1;
             }
             if s > end {
@@ -162,9 +194,7 @@ impl ReplayWindow {
 
     /// How many sequences are missing in the window.
     pub fn missing_count(&self) -> u64 {
-        (self.low()..=self.highest)
-            .filter(|&s| !self.get(s))
-            .count() as u64
+        self.missing().map(|r| r.end() - r.start() + 1).sum()
     }
 }
 
@@ -248,8 +278,8 @@ mod tests {
     proptest! {
         #[test]
         fn prop_matches_model(
-            first in 1u64..3000,
-            steps in proptest::collection::vec((0u8..4, 0u64..1500), 1..300),
+            first in 1u64..9000,
+            steps in proptest::collection::vec((0u8..4, 0u64..6000), 1..300),
         ) {
             let mut w = ReplayWindow::new(first);
             let mut m = Model { floor: w.floor, highest: w.floor - 1, seen: BTreeSet::new() };
@@ -276,6 +306,11 @@ mod tests {
                 }
                 let missing: Vec<u64> = w.missing().flatten().collect();
                 prop_assert_eq!(&missing, &m.missing());
+                let (a, b) = (cur.saturating_sub(n % 5000), cur.saturating_sub(n % 97));
+                let within: Vec<u64> = w.missing_within(a, b).flatten().collect();
+                let want: Vec<u64> = missing.iter().copied().filter(|s| (a..=b).contains(s)).collect();
+                prop_assert_eq!(within, want);
+                prop_assert_eq!(w.low_after(seq), m.floor.max((m.highest.max(seq) + 1).saturating_sub(WINDOW)));
                 prop_assert_eq!(w.missing_count(), missing.len() as u64);
                 prop_assert_eq!(lost - recovered - expired, w.missing_count());
             }

@@ -14,12 +14,32 @@ pub struct SenderStats {
     /// Bytes of sealed datagrams (UDP payload).
     pub bytes: u64,
     pub alives: u64,
-    /// Control messages other than ALIVE.
+    pub hellos: u64,
+    /// NACKs this node sent (as a receiver, through its own Sender).
+    pub nacks_sent: u64,
+    /// Control messages other than ALIVE, HELLO and NACK.
     pub controls: u64,
     /// Changes refused by the encoder (inconsistent tuples: a capture bug).
     pub encode_errors: u64,
     /// Sealed datagrams overwritten before the driver took them (driver too slow).
     pub overruns: u64,
+    /// NACKs for this sender served / ignored (for another node or epoch).
+    pub nacks_received: u64,
+    pub nacks_ignored: u64,
+    /// Datagrams queued for retransmission.
+    pub resend_queued: u64,
+    /// Retransmitted datagrams handed to the driver, and their bytes (`datagrams` and
+    /// `bytes` count each sequence once, when sealed).
+    pub retransmits: u64,
+    pub retransmit_bytes: u64,
+    /// Requested sequences no longer retained (answered with an ALIVE → resync).
+    pub resend_unserviceable: u64,
+    /// Requested sequences already queued or retransmitted within the hold-off.
+    pub resend_duplicate: u64,
+    /// Requested sequences refused by the requester's budget.
+    pub resend_throttled: u64,
+    /// Queued retransmissions overwritten before the driver took them.
+    pub resend_evicted: u64,
 }
 
 /// One counter per [`RejectKind`].
@@ -39,6 +59,7 @@ pub struct RejectCounters {
     pub replayed: u64,
     pub too_old: u64,
     pub malformed: u64,
+    pub incompatible: u64,
 }
 
 impl RejectCounters {
@@ -58,6 +79,7 @@ impl RejectCounters {
             RejectKind::Replayed => &mut self.replayed,
             RejectKind::TooOld => &mut self.too_old,
             RejectKind::Malformed => &mut self.malformed,
+            RejectKind::Incompatible => &mut self.incompatible,
         }
     }
 
@@ -90,6 +112,18 @@ pub struct ReceiverStats {
     pub recovered: u64,
     /// Missing sequences that left the replay window (only a resync repairs those).
     pub expired: u64,
+    /// NACK messages produced, and the sequences they asked for (retries included).
+    pub nacks: u64,
+    pub nacked_seqs: u64,
+    /// Recovered sequences that had been NACKed (retransmissions, mostly); the rest of
+    /// `recovered` were reordered.
+    pub repaired: u64,
+    /// Missing sequences given up and reported for a resync ([`ResyncNeeded`]).
+    ///
+    /// [`ResyncNeeded`]: super::ResyncNeeded
+    pub given_up: u64,
+    /// HELLOs whose versions we do not share (refused peer epochs).
+    pub incompatible_peers: u64,
     /// Peers first heard.
     pub new_peers: u64,
     /// Known peers that came back with a new epoch (restarts).

@@ -152,6 +152,53 @@ impl TransportConfig {
     }
 }
 
+/// Datagrams handed to the kernel per `sendmmsg` call.
+pub const SEND_BATCH: usize = 64;
+
+/// Sends up to [`SEND_BATCH`] datagrams to `dest` in one `sendmmsg`; returns how many
+/// the kernel took (fewer on a full buffer: the caller keeps the rest).
+pub fn send_batch(
+    sock: &UdpSocket,
+    dest: &socket2::SockAddr,
+    datagrams: &[&[u8]],
+) -> io::Result<usize> {
+    let n = datagrams.len().min(SEND_BATCH);
+    if n == 0 {
+        return Ok(0);
+    }
+    let mut iovs: [libc::iovec; SEND_BATCH] = [libc::iovec {
+        iov_base: std::ptr::null_mut(),
+        iov_len: 0,
+    }; SEND_BATCH];
+    // SAFETY: mmsghdr is plain data; all-zero is a valid empty header.
+    let mut msgs: [libc::mmsghdr; SEND_BATCH] = unsafe { std::mem::zeroed() };
+    for i in 0..n {
+        iovs[i] = libc::iovec {
+            iov_base: datagrams[i].as_ptr() as *mut libc::c_void,
+            iov_len: datagrams[i].len(),
+        };
+        let h = &mut msgs[i].msg_hdr;
+        h.msg_name = dest.as_ptr() as *mut libc::c_void;
+        h.msg_namelen = dest.len();
+        h.msg_iov = &mut iovs[i];
+        h.msg_iovlen = 1;
+    }
+    // SAFETY: n valid headers pointing at live buffers and at `dest`.
+    let r = unsafe {
+        libc::sendmmsg(
+            sock.as_raw_fd(),
+            msgs.as_mut_ptr(),
+            n as libc::c_uint,
+            libc::MSG_DONTWAIT,
+        )
+    };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r as usize)
+    }
+}
+
 /// Sets a socket buffer, beyond `net.core.*mem_max` when we have CAP_NET_ADMIN.
 fn set_buffer(
     sock: &Socket,

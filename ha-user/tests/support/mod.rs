@@ -42,10 +42,16 @@ pub fn node_config(mode: &str, peer: &str, secret: &str, extra_sync: &str) -> St
   }}
 }}
 agent {{
-  metrics_addr = "127.0.0.1:9724"
-  log_level    = "debug"
+  metrics_addr   = "127.0.0.1:9724"
+  control_socket = "{socket}"
+  log_level      = "debug"
 }}
-"#
+"#,
+        // The control socket is a file: unique per agent, whatever its namespace.
+        socket = std::env::temp_dir()
+            .join(testkit::unique_name("hsctl"))
+            .join("hasync.sock")
+            .display()
     )
 }
 

@@ -4,13 +4,13 @@
 //! offset size field        notes
 //!      0    4 magic        b"HSYN"
 //!      4    1 version      1
-//!      5    1 type         MsgType (1..=6)
+//!      5    1 type         MsgType (1..=10)
 //!      6    2 flags        bit 0 ENCRYPTED (reserved: rejected in v1); others must be 0
 //!      8    4 node         sender node id, non-zero
 //!     12    4 epoch        sender epoch, non-zero, new at every agent start
 //!     16    8 seq          per (node, epoch), starts at 1, +1 per datagram of ANY type
 //!     24    2 payload_len  bytes between header and tag
-//!     26    2 count        DATA: records; NACK: ranges; others: 0
+//!     26    2 count        DATA: records; NACK: ranges; DIGEST: hashes; others: 0
 //!     28    1 key_id       which ring key signed it (a fingerprint of the derived key)
 //!     29    3 reserved     must be 0
 //!     32    … payload

@@ -18,10 +18,14 @@
 //! record means a bug or version skew on the sender, and applying half a batch would
 //! hide it; it is counted as `Malformed` with its offset.
 
+pub mod check;
 pub mod header;
 pub mod message;
 pub mod record;
 
+pub use check::{
+    BucketSet, DigestChunk, DigestRequest, MAX_BUCKETS, RepairDone, RepairRequest, valid_buckets,
+};
 pub use header::{FLAG_ENCRYPTED, HEADER_LEN, Header, HeaderFields, KNOWN_FLAGS, MAGIC, VERSION};
 pub use message::{Alive, Control, Hello, Message, MsgType, Nack, ResyncDone, ResyncRequest};
 pub use record::{EncodeError, MAX_RECORD_LEN, PayloadError, Records};
@@ -240,7 +244,7 @@ mod tests {
         assert_eq!(with(0, b'X'), Err(Reject::BadMagic));
         assert_eq!(with(4, 2), Err(Reject::UnsupportedVersion(2)));
         assert_eq!(with(5, 0), Err(Reject::BadType(0)));
-        assert_eq!(with(5, 7), Err(Reject::BadType(7)));
+        assert_eq!(with(5, 11), Err(Reject::BadType(11)));
         assert_eq!(with(7, 1), Err(Reject::Encrypted));
         assert_eq!(with(6, 0x80), Err(Reject::BadHeader("unknown flag bits")));
         assert_eq!(

@@ -729,7 +729,7 @@ pub(crate) mod tests {
         )
     }
 
-    fn arb_entry() -> impl Strategy<Value = Entry> {
+    pub(crate) fn arb_entry() -> impl Strategy<Value = Entry> {
         arb_family_proto().prop_flat_map(|(family, p)| {
             (
                 arb_tuple(family, p),
