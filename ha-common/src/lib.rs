@@ -138,6 +138,50 @@ pub struct CaptureTuning {
     /// node's local flows mean nothing to its peer) and the sync link's own traffic.
     /// 0 = unused slot.
     pub ignore_ifindex: [u32; 3],
+    /// Rules in the `FILTERS` map (the first `filters` slots are used).
+    pub filters: u32,
+    /// How many of them are include rules: with any, only matching entries sync.
+    pub include_filters: u32,
+}
+
+/// Most sync filter rules the program evaluates.
+pub const MAX_FILTERS: u32 = 16;
+
+/// Which criteria of a [`FilterRule`] are set (bits of [`FilterRule::set`]).
+pub mod filter {
+    pub const SRC_IF: u32 = 1 << 0;
+    pub const DST_IF: u32 = 1 << 1;
+    pub const SRC_ADDR: u32 = 1 << 2;
+    pub const DST_ADDR: u32 = 1 << 3;
+    pub const PROTO: u32 = 1 << 4;
+    pub const SRC_PORTS: u32 = 1 << 5;
+    pub const DST_PORTS: u32 = 1 << 6;
+}
+
+/// One sync filter (FortiGate `session_sync_filter`): all set criteria must match,
+/// evaluated against the original direction. Include rules are OR-ed; any matching
+/// exclude rule keeps the entry off the wire.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FilterRule {
+    /// Bits of [`filter`].
+    pub set: u32,
+    /// 1: matching entries are not synchronised.
+    pub exclude: u32,
+    /// Ingress / egress interface of the original direction.
+    pub src_ifindex: u32,
+    pub dst_ifindex: u32,
+    /// AF_INET / AF_INET6 of the address criteria (0 = none).
+    pub family: u16,
+    pub proto: u8,
+    pub _pad: u8,
+    /// Host-order port ranges, inclusive.
+    pub sport: [u16; 2],
+    pub dport: [u16; 2],
+    pub src_addr: [u8; 16],
+    pub src_mask: [u8; 16],
+    pub dst_addr: [u8; 16],
+    pub dst_mask: [u8; 16],
 }
 
 /// Dedup state per conntrack entry, kept in an LRU hash keyed by the `nf_conn` address.
@@ -167,6 +211,9 @@ pub const STATUS_REPLICATED: u32 =
     (1 << 0) | (1 << 1) | (1 << 2) | (1 << 4) | (1 << 5) | (1 << 6) | (1 << 10);
 /// `IPS_CONFIRMED`.
 pub const STATUS_CONFIRMED: u32 = 1 << 3;
+/// Set in [`CtSeen::status`] for an entry a sync filter keeps off the wire: later
+/// packets of it return at the first lookup.
+pub const SEEN_FILTERED: u32 = 1 << 31;
 
 /// Per-CPU counters (index into the `COUNTERS` per-CPU array).
 pub mod counter {
@@ -200,13 +247,15 @@ pub mod names {
     pub const WAKE: &str = "WAKE";
     pub const LAYOUT: &str = "LAYOUT";
     pub const TUNING: &str = "TUNING";
+    pub const FILTERS: &str = "FILTERS";
 }
 
 const _: () = assert!(core::mem::size_of::<CtTuple>() == 40);
 const _: () = assert!(core::mem::size_of::<CtEvent>() == 136);
 const _: () = assert!(core::mem::size_of::<CtSeen>() == 24);
 const _: () = assert!(core::mem::size_of::<KernelLayout>().is_multiple_of(4));
-const _: () = assert!(core::mem::size_of::<CaptureTuning>() == 24);
+const _: () = assert!(core::mem::size_of::<CaptureTuning>() == 32);
+const _: () = assert!(core::mem::size_of::<FilterRule>() == 92);
 
 #[cfg(feature = "user")]
 mod user {
@@ -216,4 +265,5 @@ mod user {
     unsafe impl aya::Pod for super::CtSeen {}
     unsafe impl aya::Pod for super::KernelLayout {}
     unsafe impl aya::Pod for super::CaptureTuning {}
+    unsafe impl aya::Pod for super::FilterRule {}
 }

@@ -8,11 +8,12 @@ use aya_ebpf::{
     helpers::{bpf_jiffies64, bpf_ktime_get_ns, bpf_probe_read_kernel_buf},
 };
 use ha_common::{
-    ABSENT, CT_COPY_MAX, CtEvent, CtSeen, CtTuple, STATUS_CONFIRMED, STATUS_REPLICATED, counter,
-    has, kind,
+    ABSENT, CT_COPY_MAX, CtEvent, CtSeen, CtTuple, SEEN_FILTERED, STATUS_CONFIRMED,
+    STATUS_REPLICATED, counter, has, kind,
 };
 
 use crate::{
+    filter,
     maps::{EVENTS, SCRATCH, SEEN, WAKE, count},
     may_report, on_ignored_interface, read, rodata,
 };
@@ -110,7 +111,7 @@ fn proto_state(buf: &[u8; COPY], protonum: u8) -> u8 {
 
 /// Reports the entry at `ct` if the peer must hear about it.
 #[inline(always)]
-pub fn report(ct: u64, hook: u8, hook_state: u64) -> Result<(), ()> {
+pub fn report(ct: u64, hook: u8, hook_state: u64, reply: bool) -> Result<(), ()> {
     let scratch = SCRATCH.get_ptr_mut(0).ok_or(())?;
     // SAFETY: per-CPU map value, exclusively ours while the program runs.
     let buf = unsafe { &mut (*scratch).0 };
@@ -173,6 +174,8 @@ pub fn report(ct: u64, hook: u8, hook_state: u64) -> Result<(), ()> {
     } else {
         // SAFETY: the value is copied out before any other map operation.
         match unsafe { SEEN.get(ct) } {
+            // A sync filter keeps this entry off the wire: nothing more to look at.
+            Some(prev) if prev.status & SEEN_FILTERED != 0 => return Ok(()),
             Some(prev) => {
                 let same = prev.status == seen.status
                     && prev.mark == seen.mark
@@ -192,6 +195,21 @@ pub fn report(ct: u64, hook: u8, hook_state: u64) -> Result<(), ()> {
         }
     };
 
+    if !filter::keep(buf, tuple_orig, hook_state, reply) {
+        let filtered = CtSeen {
+            status: SEEN_FILTERED,
+            mark: 0,
+            deadline: 0,
+            half_life: 0,
+            proto_state: 0,
+            tcp_scale_flags: 0,
+            _pad: [0; 2],
+            labels_sum: 0,
+        };
+        let _ = SEEN.insert(ct, filtered, 0);
+        count(counter::FILTERED);
+        return Ok(());
+    }
     if on_ignored_interface(hook_state) {
         // Not recorded in SEEN: such packets are rare (the sync link's own traffic).
         count(counter::FILTERED);

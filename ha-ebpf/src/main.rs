@@ -14,6 +14,7 @@
 //! (`ha-user/src/capture/loader.rs`).
 
 mod conn;
+mod filter;
 mod maps;
 
 use aya_ebpf::helpers::bpf_probe_read_kernel;
@@ -55,7 +56,9 @@ fn observe(ctx: *mut BpfNfCtx) -> Result<(), ()> {
     }
     count(counter::WITH_CT);
     let hook: u8 = read(state + rodata!(LAYOUT.state_hook) as u64)?;
-    conn::report(ct, hook, state)
+    // ctinfo >= IP_CT_IS_REPLY: the packet travels in the reply direction.
+    let reply = nfct & 7 >= 3;
+    conn::report(ct, hook, state, reply)
 }
 
 /// Whether the packet enters or leaves the interface the agent told us to ignore

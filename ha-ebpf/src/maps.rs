@@ -66,6 +66,8 @@ pub static TUNING: CaptureTuning = CaptureTuning {
     wakeup_min_gap_ns: 0,
     new_hooks: 0,
     ignore_ifindex: [0; 3],
+    filters: 0,
+    include_filters: 0,
 };
 
 /// Reads one field of a global the agent overrode: volatile, so the compiler cannot

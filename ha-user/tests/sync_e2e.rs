@@ -441,3 +441,74 @@ fn late_joiner_receives_the_full_table() {
         a.log_text()
     );
 }
+
+/// A sync filter excluding a port range: those flows never reach B (they are dropped
+/// in the kernel program, and so are their deletions); the others do.
+#[test]
+fn filtered_flows_never_reach_the_peer() {
+    let lab = lab("flt");
+    let filter = "      filter {\n        protocol  = \"udp\"\n        dst_ports = \"30000-30999\"\n        exclude   = true\n      }";
+    let _a = Agent::start(
+        &lab.fw_a.ns,
+        "fw-a",
+        &node_config("primary", SYNC_B, SECRET, filter),
+    );
+    let _b = Agent::start(
+        &lab.fw_b.ns,
+        "fw-b",
+        &node_config("replica", SYNC_A, SECRET, filter),
+    );
+    let client: std::net::IpAddr = CLIENT_IP.parse().unwrap();
+    udp_flows(
+        &lab.client,
+        SocketAddr::new(client, 40000),
+        SERVER_IP.parse().unwrap(),
+        29500..31500,
+    );
+    // Everything outside the excluded range arrives...
+    wait_metric(
+        &lab.fw_b.ns,
+        "installs_total",
+        "result=\"created\"",
+        1000.0,
+        Duration::from_secs(20),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let on_b = forwarded(&lab.fw_b);
+    let excluded = |l: &&testkit::CtLine| {
+        l.line
+            .split_whitespace()
+            .find_map(|f| f.strip_prefix("dport="))
+            .and_then(|p| p.parse::<u16>().ok())
+            .is_some_and(|p| (30000..=30999).contains(&p))
+    };
+    assert_eq!(on_b.len(), 1000, "only the flows outside the range");
+    assert!(!on_b.iter().any(|l| excluded(&l)), "no excluded flow on B");
+    // ...they were dropped in the kernel, before any userspace work.
+    let ma = metrics(&lab.fw_a.ns);
+    assert!(metric(&ma, "program_filtered_total", "") >= 1000.0, "{ma}");
+    assert_eq!(
+        metric(&ma, "sync_sent_records_total", ""),
+        metric(&ma, "capture_events_total", "")
+    );
+    assert!(metric(&ma, "capture_events_total", "") < 1100.0, "{ma}");
+    // Deleting everything on A: only the synced flows' deletions go out.
+    lab.fw_a
+        .ns
+        .exec("conntrack", ["-D", "-p", "udp", "--orig-port-src", "40000"])
+        .unwrap();
+    wait_metric(
+        &lab.fw_a.ns,
+        "deletes_total",
+        "action=\"filtered\"",
+        1000.0,
+        Duration::from_secs(10),
+    );
+    wait_metric(
+        &lab.fw_a.ns,
+        "deletes_total",
+        "action=\"sent\"",
+        1000.0,
+        Duration::from_secs(10),
+    );
+}

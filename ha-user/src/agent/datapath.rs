@@ -88,7 +88,9 @@ impl DataPath {
         let installer = Installer::new()?;
         let installer_portid = installer.portid();
         let destroy = DestroyListener::new()?;
-        let capture = Capture::start(&settings::capture(sync_cfg)?)?;
+        let capture_cfg = settings::capture(sync_cfg)?;
+        let filters = capture_cfg.filters.clone();
+        let capture = Capture::start(&capture_cfg)?;
         if !capture.missing_fields.is_empty() {
             tracing::info!(fields = ?capture.missing_fields, "kernel lacks optional conntrack fields; not replicated");
         }
@@ -139,6 +141,7 @@ impl DataPath {
             waker: egress_waker.clone(),
             sync_state: sync_state.clone(),
             sync_peers,
+            filters,
         };
         let ingress = ingress::Ingress {
             socket: rx,

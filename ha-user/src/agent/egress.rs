@@ -62,6 +62,8 @@ struct Stats {
     deletes_own: u64,
     /// Replicated entries that expired here: the peer owns them, not reported back.
     deletes_replica: u64,
+    /// Deletions of entries a sync filter kept off the wire.
+    deletes_filtered: u64,
     destroy_overruns: u64,
     send_errors: u64,
     send_blocked: u64,
@@ -90,6 +92,9 @@ pub struct Egress {
     pub sync_state: Arc<SyncState>,
     /// The peer's addresses: its flows with us are not replicated in a resync.
     pub sync_peers: Vec<std::net::IpAddr>,
+    /// The sync filters (the program applies them to captured events; deletions are
+    /// filtered here).
+    pub filters: Vec<ha_common::FilterRule>,
 }
 
 struct Loop {
@@ -355,6 +360,8 @@ impl Loop {
                         self.stats.deletes_own += 1;
                     } else if self.e.replica.remove(&d.key) {
                         self.stats.deletes_replica += 1;
+                    } else if !crate::capture::filter::keep_destroyed(&self.e.filters, &d.key) {
+                        self.stats.deletes_filtered += 1;
                     } else {
                         self.stats.deletes_sent += 1;
                         let _ = self.e.sender.push(&Change::Delete(d.key));
@@ -468,6 +475,12 @@ impl Loop {
                 s.deletes_replica,
             )
             .label("action", "replica_expired"),
+            Sample::counter(
+                "deletes",
+                "Destroy events by what was done with them",
+                s.deletes_filtered,
+            )
+            .label("action", "filtered"),
             Sample::counter(
                 "destroy_overruns",
                 "Destroy-event socket overruns (events lost)",

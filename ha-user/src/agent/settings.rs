@@ -57,13 +57,76 @@ pub fn capture(sync: &ConntrackSync) -> Result<CaptureConfig, TransportError> {
         None => 0,
     };
     let ignore_ifindex = [crate::capture::LOOPBACK_IFINDEX, sync_ifindex, 0];
+    let filters = sync
+        .filters
+        .iter()
+        .map(filter_rule)
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(CaptureConfig {
         ring_buffer_size: sync.ring_buffer_size,
         dedup_table_size: sync.dedup_table_size,
         wakeup_min_gap: sync.wakeup_min_gap,
         ignore_ifindex,
+        filters,
         ..CaptureConfig::default()
     })
+}
+
+/// A configured `filter { }` as the program evaluates it.
+pub fn filter_rule(
+    f: &crate::config::schema::SyncFilter,
+) -> Result<ha_common::FilterRule, TransportError> {
+    use ha_common::filter;
+    let mut r = ha_common::FilterRule {
+        exclude: u32::from(f.exclude),
+        ..Default::default()
+    };
+    if let Some(name) = &f.src_interface {
+        r.set |= filter::SRC_IF;
+        r.src_ifindex = ifindex(name)?;
+    }
+    if let Some(name) = &f.dst_interface {
+        r.set |= filter::DST_IF;
+        r.dst_ifindex = ifindex(name)?;
+    }
+    for (net, bit) in [
+        (f.src_addr, filter::SRC_ADDR),
+        (f.dst_addr, filter::DST_ADDR),
+    ] {
+        let Some(net) = net else { continue };
+        let (family, addr, mask) = match net {
+            ipnet::IpNet::V4(n) => (
+                2u16,
+                crate::conntrack::addr_bytes(n.network().into()),
+                crate::conntrack::addr_bytes(n.netmask().into()),
+            ),
+            ipnet::IpNet::V6(n) => (
+                10u16,
+                crate::conntrack::addr_bytes(n.network().into()),
+                crate::conntrack::addr_bytes(n.netmask().into()),
+            ),
+        };
+        r.set |= bit;
+        r.family = family;
+        if bit == filter::SRC_ADDR {
+            (r.src_addr, r.src_mask) = (addr, mask);
+        } else {
+            (r.dst_addr, r.dst_mask) = (addr, mask);
+        }
+    }
+    if let Some(p) = f.protocol {
+        r.set |= filter::PROTO;
+        r.proto = p;
+    }
+    if let Some(p) = f.src_ports {
+        r.set |= filter::SRC_PORTS;
+        r.sport = [p.start, p.end];
+    }
+    if let Some(p) = f.dst_ports {
+        r.set |= filter::DST_PORTS;
+        r.dport = [p.start, p.end];
+    }
+    Ok(r)
 }
 
 /// Settings the configuration accepts but this version does not act on yet, so the
@@ -103,7 +166,6 @@ pub fn not_yet_supported(cfg: &Config) -> Vec<&'static str> {
         ),
         (sync.expect_sync, "conntrack_sync.expect_sync"),
         (!sync.sync_delay.is_zero(), "conntrack_sync.sync_delay_ms"),
-        (!sync.filters.is_empty(), "conntrack_sync.filter"),
     ];
     checks
         .into_iter()
@@ -130,10 +192,15 @@ pub fn check_interfaces(cfg: &Config) -> Result<(), super::AgentError> {
             named.push(("down_interfaces_before_sync".to_string(), i));
         }
     }
-    if ha.conntrack_sync.enabled
-        && let Some(i) = &ha.conntrack_sync.interface
-    {
-        named.push(("conntrack_sync".to_string(), i));
+    if ha.conntrack_sync.enabled {
+        if let Some(i) = &ha.conntrack_sync.interface {
+            named.push(("conntrack_sync".to_string(), i));
+        }
+        for f in &ha.conntrack_sync.filters {
+            for i in [&f.src_interface, &f.dst_interface].into_iter().flatten() {
+                named.push(("conntrack_sync.filter".to_string(), i));
+            }
+        }
     }
     for (what, interface) in named {
         if ifindex(interface).is_err() {

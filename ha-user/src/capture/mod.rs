@@ -7,6 +7,7 @@
 
 pub mod btf;
 pub mod event;
+pub mod filter;
 pub mod hz;
 pub mod loader;
 
@@ -19,7 +20,7 @@ use aya::{
     EbpfLoader,
     maps::{MapData, PerCpuArray, RingBuf},
 };
-use ha_common::{CaptureTuning, counter, names};
+use ha_common::{CaptureTuning, FilterRule, MAX_FILTERS, counter, names};
 
 use crate::conntrack::Change;
 pub use event::BadEvent;
@@ -47,6 +48,8 @@ pub struct CaptureConfig {
     /// Interfaces whose traffic is never reported, by index (loopback and the sync
     /// link by default; 0 = unused slot).
     pub ignore_ifindex: [u32; 3],
+    /// Sync filters, evaluated in the program (at most `MAX_FILTERS`).
+    pub filters: Vec<FilterRule>,
 }
 
 impl Default for CaptureConfig {
@@ -69,6 +72,7 @@ impl Default for CaptureConfig {
             hooks,
             // Loopback is always ifindex 1 in every namespace.
             ignore_ifindex: [LOOPBACK_IFINDEX, 0, 0],
+            filters: Vec::new(),
         }
     }
 }
@@ -131,6 +135,12 @@ impl Capture {
         if EBPF_OBJECT.is_empty() {
             return Err(CaptureError::NoProgram);
         }
+        if cfg.filters.len() > MAX_FILTERS as usize {
+            return Err(CaptureError::Config(format!(
+                "{} sync filters configured; at most {MAX_FILTERS} are supported",
+                cfg.filters.len()
+            )));
+        }
         if !cfg.ring_buffer_size.is_power_of_two() || cfg.ring_buffer_size < 4096 {
             return Err(CaptureError::Config(format!(
                 "ring_buffer_size {} must be a power of two >= 4096",
@@ -143,6 +153,8 @@ impl Capture {
             wakeup_min_gap_ns: cfg.wakeup_min_gap.as_nanos() as u64,
             new_hooks: (1 << loader::NF_INET_LOCAL_IN) | (1 << loader::NF_INET_POST_ROUTING),
             ignore_ifindex: cfg.ignore_ifindex,
+            filters: cfg.filters.len() as u32,
+            include_filters: cfg.filters.iter().filter(|f| f.exclude == 0).count() as u32,
         };
         let mut ebpf = EbpfLoader::new()
             .override_global(names::LAYOUT, &layout.kernel, true)
@@ -151,6 +163,20 @@ impl Capture {
             .map_max_entries(names::SEEN, cfg.dedup_table_size.max(1024))
             .load(EBPF_OBJECT)
             .map_err(|e| CaptureError::Load(e.to_string()))?;
+        // Rules go in before the program is attached: no packet is judged without them.
+        {
+            let map = ebpf
+                .map_mut(names::FILTERS)
+                .ok_or_else(|| CaptureError::Map(names::FILTERS, "not in the object".into()))?;
+            let mut rules: aya::maps::Array<&mut MapData, FilterRule> =
+                aya::maps::Array::try_from(map)
+                    .map_err(|e| CaptureError::Map(names::FILTERS, e.to_string()))?;
+            for (i, rule) in cfg.filters.iter().enumerate() {
+                rules
+                    .set(i as u32, rule, 0)
+                    .map_err(|e| CaptureError::Map(names::FILTERS, e.to_string()))?;
+            }
+        }
         let prog = loader::load_netfilter(&ebpf, EBPF_OBJECT, names::PROGRAM)?;
         let links = cfg
             .hooks
