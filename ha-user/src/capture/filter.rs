@@ -60,7 +60,7 @@ pub fn keep_destroyed(rules: &[FilterRule], key: &Key) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::conntrack::{Tuple, Zone};
+    use crate::conntrack::{Tuple, Zone, proto};
 
     fn key(proto: u8, dport: u16) -> Key {
         Key {
