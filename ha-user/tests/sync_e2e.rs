@@ -512,3 +512,70 @@ fn filtered_flows_never_reach_the_peer() {
         Duration::from_secs(10),
     );
 }
+
+/// `sync_delay_ms`: connections that end within the delay are never sent; the others
+/// reach the peer once they are older than it.
+#[test]
+fn sync_delay_keeps_short_lived_connections_local() {
+    let lab = lab("dly");
+    let delay = "      sync_delay_ms = 800";
+    let _a = Agent::start(
+        &lab.fw_a.ns,
+        "fw-a",
+        &node_config("primary", SYNC_B, SECRET, delay),
+    );
+    let _b = Agent::start(
+        &lab.fw_b.ns,
+        "fw-b",
+        &node_config("replica", SYNC_A, SECRET, delay),
+    );
+    let client: std::net::IpAddr = CLIENT_IP.parse().unwrap();
+    // Short-lived: created and deleted well within the delay.
+    udp_flows(
+        &lab.client,
+        SocketAddr::new(client, 40001),
+        SERVER_IP.parse().unwrap(),
+        21000..21100,
+    );
+    lab.fw_a
+        .ns
+        .exec("conntrack", ["-D", "-p", "udp", "--orig-port-src", "40001"])
+        .unwrap();
+    // Long-lived: stays.
+    let sent = std::time::Instant::now();
+    udp_flows(
+        &lab.client,
+        SocketAddr::new(client, 40002),
+        SERVER_IP.parse().unwrap(),
+        22000..22100,
+    );
+    std::thread::sleep(Duration::from_millis(400));
+    let client_flows = |fw| {
+        forwarded(fw)
+            .into_iter()
+            .filter(|l| l.line.contains(&format!("src={CLIENT_IP} ")))
+            .count()
+    };
+    assert_eq!(client_flows(&lab.fw_b), 0, "nothing before the delay");
+    wait_tables_equal(&lab.fw_a, &lab.fw_b, 100, Duration::from_secs(10));
+    assert!(sent.elapsed() >= Duration::from_millis(800));
+    assert!(
+        !forwarded(&lab.fw_b)
+            .iter()
+            .any(|l| l.line.contains("sport=40001")),
+        "short-lived never sent"
+    );
+    let ma = metrics(&lab.fw_a.ns);
+    assert!(
+        metric(&ma, "sync_delay_cancelled_total", "") >= 100.0,
+        "{ma}"
+    );
+    assert_eq!(
+        metric(
+            &metrics(&lab.fw_b.ns),
+            "installs_total",
+            "result=\"deleted\""
+        ),
+        0.0
+    );
+}

@@ -142,6 +142,8 @@ impl DataPath {
             sync_state: sync_state.clone(),
             sync_peers,
             filters,
+            delay: (!sync_cfg.sync_delay.is_zero())
+                .then(|| super::delay::DelayQueue::new(sync_cfg.sync_delay)),
         };
         let ingress = ingress::Ingress {
             socket: rx,

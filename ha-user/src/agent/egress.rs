@@ -46,6 +46,7 @@ const DRAIN: Token = Token(2);
 const TICK: Token = Token(3);
 pub const WAKE: Token = Token(4);
 const RESYNC: Token = Token(5);
+const DELAY: Token = Token(6);
 
 /// Events read per drain round before the loop looks at its other sources.
 const DRAIN_BATCH: usize = 8192;
@@ -95,6 +96,8 @@ pub struct Egress {
     /// The sync filters (the program applies them to captured events; deletions are
     /// filtered here).
     pub filters: Vec<ha_common::FilterRule>,
+    /// `sync_delay`: new entries wait this long; the short-lived are never sent.
+    pub delay: Option<super::delay::DelayQueue>,
 }
 
 struct Loop {
@@ -102,6 +105,8 @@ struct Loop {
     drain_timer: Timer,
     tick_timer: Timer,
     resync_timer: Timer,
+    /// Fires when the oldest delayed entry is due.
+    delay_timer: Timer,
     serving: Option<Serving>,
     dumping: bool,
     changes: Vec<(Change, u64)>,
@@ -109,6 +114,8 @@ struct Loop {
     next_publish: Instant,
     last_send_error: Option<Instant>,
     dest_addr: socket2::SockAddr,
+    /// Reused buffer for delayed changes that came due.
+    due: Vec<Change>,
 }
 
 impl Egress {
@@ -116,9 +123,11 @@ impl Egress {
     pub fn run(self, mut poll: Poll) -> io::Result<()> {
         let mut l = Loop {
             dest_addr: socket2::SockAddr::from(self.dest),
+            due: Vec::new(),
             drain_timer: Timer::new()?,
             tick_timer: Timer::new()?,
             resync_timer: Timer::new()?,
+            delay_timer: Timer::new()?,
             serving: None,
             dumping: false,
             changes: Vec::with_capacity(DRAIN_BATCH),
@@ -133,6 +142,7 @@ impl Egress {
             (l.drain_timer.as_raw_fd(), DRAIN),
             (l.tick_timer.as_raw_fd(), TICK),
             (l.resync_timer.as_raw_fd(), RESYNC),
+            (l.delay_timer.as_raw_fd(), DELAY),
         ];
         for (fd, token) in sources {
             poll.registry()
@@ -167,6 +177,10 @@ impl Egress {
                         l.resync_timer.ack();
                         l.serve_chunk();
                     }
+                    DELAY => {
+                        l.delay_timer.ack();
+                        l.release_delayed();
+                    }
                     _ => {}
                 }
             }
@@ -188,6 +202,7 @@ impl Loop {
                 .capture
                 .drain(DRAIN_BATCH, |c, ts| changes.push((c, ts)));
             total += n;
+            let now = Instant::now();
             for (change, _ts) in self.changes.drain(..) {
                 if !self.e.replica.is_empty() {
                     // Traffic for this entry flows here now: it is ours.
@@ -195,6 +210,13 @@ impl Loop {
                         self.e.replica.remove(&entry.key());
                     }
                 }
+                let change = match self.e.delay.as_mut() {
+                    Some(q) => match q.offer(now, change) {
+                        Some(c) => c,
+                        None => continue,
+                    },
+                    None => change,
+                };
                 let _ = self.e.sender.push(&change);
             }
             self.send_ready();
@@ -203,6 +225,7 @@ impl Loop {
             }
         }
         self.stats.captured += total as u64;
+        self.arm_delay();
         self.e.sender.flush();
         self.send_ready();
         if total > 0 {
@@ -350,6 +373,28 @@ impl Loop {
         self.send_ready();
     }
 
+    /// Sends the delayed entries that are due and re-arms the timer.
+    fn release_delayed(&mut self) {
+        let Some(q) = self.e.delay.as_mut() else {
+            return;
+        };
+        q.due(Instant::now(), &mut self.due);
+        for change in self.due.drain(..) {
+            let _ = self.e.sender.push(&change);
+        }
+        self.e.sender.flush();
+        self.send_ready();
+        self.arm_delay();
+    }
+
+    fn arm_delay(&mut self) {
+        if let Some(at) = self.e.delay.as_ref().and_then(|q| q.next_due()) {
+            let _ = self
+                .delay_timer
+                .arm(at.saturating_duration_since(Instant::now()));
+        }
+    }
+
     fn on_destroy(&mut self) {
         // The entry's creation may still sit in the ring buffer: send it first.
         self.drain_capture();
@@ -363,8 +408,15 @@ impl Loop {
                     } else if !crate::capture::filter::keep_destroyed(&self.e.filters, &d.key) {
                         self.stats.deletes_filtered += 1;
                     } else {
-                        self.stats.deletes_sent += 1;
-                        let _ = self.e.sender.push(&Change::Delete(d.key));
+                        let delete = Change::Delete(d.key);
+                        let pass = match self.e.delay.as_mut() {
+                            Some(q) => q.offer(Instant::now(), delete).is_some(),
+                            None => true,
+                        };
+                        if pass {
+                            self.stats.deletes_sent += 1;
+                            let _ = self.e.sender.push(&delete);
+                        }
                     }
                 }
                 Ok(Recv::Overrun) => {
@@ -571,6 +623,18 @@ impl Loop {
                 ]);
             }
             Err(e) => tracing::debug!(error = %e, "reading program counters"),
+        }
+        if let Some(q) = &self.e.delay {
+            samples.push(Sample::counter(
+                "sync_delay_cancelled",
+                "New connections that ended within sync_delay and were never sent",
+                q.cancelled,
+            ));
+            samples.push(Sample::gauge(
+                "sync_delay_held",
+                "New connections waiting for sync_delay",
+                q.len() as f64,
+            ));
         }
         let ls = self.e.destroy.stats();
         samples.push(Sample::counter(

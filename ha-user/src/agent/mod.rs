@@ -10,6 +10,7 @@
 
 pub mod control;
 pub mod datapath;
+pub mod delay;
 pub mod egress;
 pub mod ingress;
 pub mod replica;

@@ -165,7 +165,6 @@ pub fn not_yet_supported(cfg: &Config) -> Vec<&'static str> {
             "tls_*",
         ),
         (sync.expect_sync, "conntrack_sync.expect_sync"),
-        (!sync.sync_delay.is_zero(), "conntrack_sync.sync_delay_ms"),
     ];
     checks
         .into_iter()
