@@ -27,7 +27,7 @@ use crate::{
     config::schema::Config,
     kernel::ctnetlink::{DestroyListener, Installer},
     metrics::Board,
-    sync::{KeyRing, Receiver, ReceiverConfig, Sender, SenderConfig, SyncKey},
+    sync::{DigestKey, KeyRing, Receiver, ReceiverConfig, Sender, SenderConfig, SyncKey},
 };
 
 /// Lets the control socket ask the peer for its table on demand.
@@ -144,6 +144,8 @@ impl DataPath {
             filters,
             delay: (!sync_cfg.sync_delay.is_zero())
                 .then(|| super::delay::DelayQueue::new(sync_cfg.sync_delay)),
+            digest_key: DigestKey::derive(secret)?,
+            consistency_check: sync_cfg.consistency_check,
         };
         let ingress = ingress::Ingress {
             socket: rx,
@@ -157,6 +159,9 @@ impl DataPath {
             egress: egress_tx.clone(),
             egress_waker: egress_waker.clone(),
             cmds: ingress_rx,
+            cmd_tx: barrier.tx.clone(),
+            waker: ingress_waker.clone(),
+            digest_key: DigestKey::derive(secret)?,
         };
         let workers = vec![
             spawn("egress", egress_waker.clone(), done_tx.clone(), move || {

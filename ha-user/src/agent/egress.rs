@@ -26,16 +26,16 @@ use mio::{Events, Interest, Poll, Token, Waker, unix::SourceFd};
 
 use super::{
     replica::ReplicaSet,
-    resync::{self, EgressCmd, Serving, SyncState},
+    resync::{self, EgressCmd, OwnedJob, Serving, SyncState},
     timer::Timer,
 };
 use crate::{
     capture::Capture,
-    conntrack::Change,
+    conntrack::{Change, Entry},
     kernel::ctnetlink::{self, DestroyListener, Recv},
     metrics::{Board, Sample},
     sync::{
-        Sender, transport,
+        DEFAULT_BUCKETS, Digest, DigestKey, Sender, bucket_of, transport,
         wire::{Control, ResyncDone, ResyncRequest},
     },
 };
@@ -51,6 +51,8 @@ const DELAY: Token = Token(6);
 /// Events read per drain round before the loop looks at its other sources.
 const DRAIN_BATCH: usize = 8192;
 const TICK_EVERY: Duration = Duration::from_millis(100);
+/// At most one loss-triggered digest in this period.
+const LOSS_DIGEST_HOLD_OFF: Duration = Duration::from_secs(2);
 const PUBLISH_EVERY: Duration = Duration::from_millis(250);
 
 /// Counters of the egress loop itself (the capture program, sender and listener keep
@@ -65,6 +67,8 @@ struct Stats {
     deletes_replica: u64,
     /// Deletions of entries a sync filter kept off the wire.
     deletes_filtered: u64,
+    digests_sent: u64,
+    repairs_served: u64,
     destroy_overruns: u64,
     send_errors: u64,
     send_blocked: u64,
@@ -98,6 +102,10 @@ pub struct Egress {
     pub filters: Vec<ha_common::FilterRule>,
     /// `sync_delay`: new entries wait this long; the short-lived are never sent.
     pub delay: Option<super::delay::DelayQueue>,
+    /// Keys the table digests (derived from the sync secret).
+    pub digest_key: DigestKey,
+    /// Period of the unprompted digest; zero = only after losses.
+    pub consistency_check: Duration,
 }
 
 struct Loop {
@@ -105,6 +113,13 @@ struct Loop {
     drain_timer: Timer,
     tick_timer: Timer,
     resync_timer: Timer,
+    /// A dump of owned entries (digest or repair) is running.
+    dumping_owned: bool,
+    /// When the next periodic digest goes out.
+    next_digest: Instant,
+    /// Program drop counters last seen: growth triggers a digest (targeted resync).
+    last_losses: u64,
+    last_digest_sent: Option<Instant>,
     /// Fires when the oldest delayed entry is due.
     delay_timer: Timer,
     serving: Option<Serving>,
@@ -127,6 +142,10 @@ impl Egress {
             drain_timer: Timer::new()?,
             tick_timer: Timer::new()?,
             resync_timer: Timer::new()?,
+            dumping_owned: false,
+            next_digest: Instant::now() + self.consistency_check,
+            last_losses: 0,
+            last_digest_sent: None,
             delay_timer: Timer::new()?,
             serving: None,
             dumping: false,
@@ -258,6 +277,46 @@ impl Loop {
                     self.e.sender.queue_hello();
                     self.send_ready();
                 }
+                EgressCmd::SendDigest => self.dump_owned(OwnedJob::Digest),
+                EgressCmd::RequestDigest { target } => {
+                    self.e
+                        .sender
+                        .queue(Control::DigestRequest(crate::sync::wire::DigestRequest {
+                            target,
+                            request_id: 0,
+                            buckets: crate::sync::DEFAULT_BUCKETS,
+                        }));
+                    self.send_ready();
+                }
+                EgressCmd::ServeRepair {
+                    requester,
+                    request_id,
+                    set,
+                } => {
+                    tracing::info!(
+                        requester,
+                        buckets = set.len(),
+                        "consistency: the peer asks for buckets of our table"
+                    );
+                    self.dump_owned(OwnedJob::Repair {
+                        requester,
+                        request_id,
+                        set,
+                    });
+                }
+                EgressCmd::SendRepairRequest {
+                    target,
+                    request_id,
+                    set,
+                } => {
+                    self.e.sender.queue(Control::RepairRequest {
+                        target,
+                        request_id,
+                        set: &set,
+                    });
+                    self.send_ready();
+                }
+                EgressCmd::Owned { job, entries } => self.on_owned(job, entries),
                 EgressCmd::Request { request_id } => {
                     tracing::info!(request_id, "resync: asking the peer for its table");
                     self.e.sender.queue(Control::ResyncRequest(ResyncRequest {
@@ -288,6 +347,7 @@ impl Loop {
                             entries,
                             next: 0,
                             started: Instant::now(),
+                            repair: None,
                         });
                         self.dumping = false;
                         self.serve_chunk();
@@ -311,36 +371,40 @@ impl Loop {
         }
         self.serving = None;
         self.dumping = true;
-        let (tx, waker, peers, replica) = (
-            self.e.cmd_tx.clone(),
-            self.e.waker.clone(),
-            self.e.sync_peers.clone(),
-            self.e.replica.clone(),
-        );
-        let spawned = std::thread::Builder::new()
-            .name("hasync-dump".into())
-            .spawn(move || {
-                // Only what this node owns: the peer's own entries are not sent back.
-                let entries = ctnetlink::dump(None)
-                    .map(|all| {
-                        all.into_iter()
-                            .filter(|e| {
-                                resync::replicable(e, &peers) && !replica.contains(&e.key())
-                            })
-                            .collect()
-                    })
-                    .map_err(|e| e.to_string());
-                let _ = tx.send(EgressCmd::Dumped {
-                    requester,
-                    request_id,
-                    entries,
-                });
-                let _ = waker.wake();
-            });
+        let spawned = self.dump_in_background(move |entries| EgressCmd::Dumped {
+            requester,
+            request_id,
+            entries,
+        });
         if let Err(e) = spawned {
             self.dumping = false;
             tracing::warn!(error = %e, "resync: cannot start the dump thread");
         }
+    }
+
+    /// Dumps the kernel table on a helper thread (live events keep flowing meanwhile)
+    /// and hands what this node owns back as the command `done` makes of it.
+    fn dump_in_background(
+        &self,
+        done: impl FnOnce(Result<Vec<Entry>, String>) -> EgressCmd + Send + 'static,
+    ) -> io::Result<()> {
+        let (tx, waker) = (self.e.cmd_tx.clone(), self.e.waker.clone());
+        let (peers, replica, filters) = (
+            self.e.sync_peers.clone(),
+            self.e.replica.clone(),
+            self.e.filters.clone(),
+        );
+        std::thread::Builder::new()
+            .name("hasync-dump".into())
+            .spawn(move || {
+                // Only what this node owns: the peer's own entries are not sent back.
+                let entries = ctnetlink::dump(None)
+                    .map(|all| resync::owned(all, &peers, &replica, &filters))
+                    .map_err(|e| e.to_string());
+                let _ = tx.send(done(entries));
+                let _ = waker.wake();
+            })
+            .map(drop)
     }
 
     /// Sends one paced chunk of the table being served, then RESYNC_DONE at the end.
@@ -351,7 +415,28 @@ impl Loop {
         for change in serving.chunk() {
             let _ = self.e.sender.push(&change);
         }
-        if serving.done() {
+        if serving.done()
+            && let Some(set) = serving.repair.take()
+        {
+            let (requester, request_id, records) = (
+                serving.requester,
+                serving.request_id,
+                serving.entries.len() as u64,
+            );
+            tracing::info!(
+                requester,
+                entries = records,
+                buckets = set.len(),
+                "consistency: repair sent"
+            );
+            self.e.sender.queue(Control::RepairDone {
+                requester,
+                request_id,
+                records,
+                set: &set,
+            });
+            self.serving = None;
+        } else if serving.done() {
             let done = ResyncDone {
                 requester: serving.requester,
                 request_id: serving.request_id,
@@ -371,6 +456,70 @@ impl Loop {
             let _ = self.resync_timer.arm(resync::PACE);
         }
         self.send_ready();
+    }
+
+    /// Dumps the entries this node owns on a helper thread, for a digest or a repair.
+    fn dump_owned(&mut self, job: OwnedJob) {
+        if self.dumping_owned {
+            return; // the dump in progress will do; the next check catches up
+        }
+        self.dumping_owned = true;
+        let spawned = self.dump_in_background(move |entries| EgressCmd::Owned { job, entries });
+        if let Err(e) = spawned {
+            self.dumping_owned = false;
+            tracing::warn!(error = %e, "consistency: cannot start the dump thread");
+        }
+    }
+
+    fn on_owned(&mut self, job: OwnedJob, entries: Result<Vec<Entry>, String>) {
+        self.dumping_owned = false;
+        let entries = match entries {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(error = %e, "consistency: dumping the conntrack table failed");
+                return;
+            }
+        };
+        match job {
+            OwnedJob::Digest => {
+                let Ok(digest) =
+                    Digest::compute(&self.e.digest_key, entries.iter(), DEFAULT_BUCKETS)
+                else {
+                    return;
+                };
+                for chunk in digest.chunks(0, self.e.sender.max_datagram()) {
+                    self.e.sender.queue(chunk);
+                }
+                self.stats.digests_sent += 1;
+                tracing::debug!(
+                    entries = entries.len(),
+                    "consistency: digest of our table sent"
+                );
+                self.send_ready();
+            }
+            OwnedJob::Repair {
+                requester,
+                request_id,
+                set,
+            } => {
+                let wanted: Vec<Entry> = entries
+                    .into_iter()
+                    .filter(|e| {
+                        set.contains(bucket_of(&self.e.digest_key, &e.key(), set.buckets()))
+                    })
+                    .collect();
+                self.stats.repairs_served += 1;
+                self.serving = Some(Serving {
+                    requester,
+                    request_id,
+                    entries: wanted,
+                    next: 0,
+                    started: Instant::now(),
+                    repair: Some(set),
+                });
+                self.serve_chunk();
+            }
+        }
     }
 
     /// Sends the delayed entries that are due and re-arms the timer.
@@ -439,6 +588,10 @@ impl Loop {
 
     fn on_tick(&mut self) {
         let now = Instant::now();
+        if !self.e.consistency_check.is_zero() && now >= self.next_digest {
+            self.next_digest = now + self.e.consistency_check;
+            self.dump_owned(OwnedJob::Digest);
+        }
         if self.e.sender.handle_timeout(now) {
             self.send_ready();
         }
@@ -446,9 +599,38 @@ impl Loop {
             self.send_ready();
         }
         if now >= self.next_publish {
+            self.digest_after_loss(now);
             self.publish();
             self.next_publish = now + PUBLISH_EVERY;
         }
+    }
+
+    /// Events lost before they reached the wire (ring buffer full, destroy socket
+    /// overrun) leave the peer's copy wrong with no gap to NACK: a digest finds it.
+    fn digest_after_loss(&mut self, now: Instant) {
+        let ringbuf = self
+            .e
+            .capture
+            .counters()
+            .map(|c| c.ringbuf_full)
+            .unwrap_or(0);
+        let losses = ringbuf + self.stats.destroy_overruns;
+        if losses <= self.last_losses {
+            return;
+        }
+        if self
+            .last_digest_sent
+            .is_some_and(|t| now.duration_since(t) < LOSS_DIGEST_HOLD_OFF)
+        {
+            return; // counted again on a later tick
+        }
+        tracing::info!(
+            lost = losses - self.last_losses,
+            "consistency: events were lost before the wire; sending a digest so the peer repairs"
+        );
+        self.last_losses = losses;
+        self.last_digest_sent = Some(now);
+        self.dump_owned(OwnedJob::Digest);
     }
 
     /// Hands every sealed datagram to the kernel. On a full socket buffer the rest stays
@@ -586,6 +768,16 @@ impl Loop {
                 tx.resend_unserviceable,
             ),
             Sample::counter("sync_nacks_sent", "NACKs this node sent", tx.nacks_sent),
+            Sample::counter(
+                "consistency_digests_sent",
+                "Digests of our table sent to the peer",
+                s.digests_sent,
+            ),
+            Sample::counter(
+                "consistency_repairs_served",
+                "Bucket repairs the peer asked of us",
+                s.repairs_served,
+            ),
             Sample::counter(
                 "capture_drain_rounds",
                 "Ring-buffer drain rounds",

@@ -19,6 +19,7 @@ use std::{
 use mio::{Events, Interest, Poll, Token, Waker, unix::SourceFd};
 
 use super::{
+    consistency::{self, Action, Consistency},
     replica::ReplicaSet,
     resync::{EgressCmd, SyncState},
     timer::Timer,
@@ -27,7 +28,7 @@ use crate::{
     conntrack::Change,
     kernel::ctnetlink::Installer,
     metrics::{Board, Sample},
-    sync::{NackRequest, Payload, PeerEvent, Receiver},
+    sync::{BucketSet, NackRequest, Payload, PeerEvent, Receiver},
 };
 
 const RX: Token = Token(0);
@@ -54,6 +55,11 @@ pub struct Ingress {
     pub egress_waker: Arc<Waker>,
     /// Commit barriers from the HA driver (arrive with a wake-up).
     pub cmds: std::sync::mpsc::Receiver<IngressCmd>,
+    /// For helper threads to hand results back (with `waker`).
+    pub cmd_tx: std::sync::mpsc::Sender<IngressCmd>,
+    pub waker: Arc<Waker>,
+    /// Keys the table digests (derived from the sync secret).
+    pub digest_key: crate::sync::DigestKey,
 }
 
 /// Requests for the ingress thread.
@@ -61,6 +67,8 @@ pub struct Ingress {
 pub enum IngressCmd {
     /// Install everything received so far, then answer with the number of changes.
     Barrier(tokio::sync::oneshot::Sender<u64>),
+    /// The consistency check's table comparison finished.
+    Compared(consistency::Compared),
 }
 
 /// The takeover's first step: "every sync datagram already received is in the kernel".
@@ -96,11 +104,16 @@ struct Loop {
     /// A RESYNC_DONE waiting for earlier gaps to be repaired: (message, peer, its seq).
     pending_done: Option<(crate::sync::wire::ResyncDone, u32, u64)>,
     recv_errors: u64,
+    consistency: Consistency,
+    /// The peer whose RESYNC_DONE is pending.
+    resync_from: u32,
 }
 
 impl Ingress {
     pub fn run(self, mut poll: Poll) -> io::Result<()> {
         let mut l = Loop {
+            consistency: Consistency::new(self.digest_key, self.node),
+            resync_from: 0,
             i: self,
             buf: vec![0u8; 65536],
             changes: Vec::with_capacity(INSTALL_BATCH),
@@ -160,6 +173,7 @@ impl Loop {
             match self.i.socket.recv_from(&mut self.buf) {
                 Ok((n, src)) => {
                     let now = Instant::now();
+                    let before = self.changes.len();
                     if let Ok(got) =
                         self.i
                             .receiver
@@ -196,6 +210,7 @@ impl Loop {
                             Payload::ResyncDone(d) if d.requester == self.i.node => {
                                 // Complete only once nothing before it is missing.
                                 self.pending_done = Some((d, got.node, got.seq));
+                                self.resync_from = got.node;
                             }
                             Payload::Nack(nack) if nack.node == self.i.node => {
                                 let req = NackRequest::from_wire(&nack);
@@ -207,9 +222,48 @@ impl Loop {
                                     },
                                 );
                             }
+                            Payload::DigestRequest(r)
+                                if r.target == 0 || r.target == self.i.node =>
+                            {
+                                to_egress(&self.i, EgressCmd::SendDigest);
+                            }
+                            Payload::RepairRequest(r) if r.target == self.i.node => {
+                                if let Some(set) = BucketSet::from_bitmap(r.buckets, r.bitmap()) {
+                                    to_egress(
+                                        &self.i,
+                                        EgressCmd::ServeRepair {
+                                            requester: got.node,
+                                            request_id: r.request_id,
+                                            set,
+                                        },
+                                    );
+                                }
+                            }
                             // ALIVE, HELLO and the rest only update the receiver's view.
                             _ => {}
                         }
+                        let (key, replica, tx, waker) = (
+                            self.i.digest_key,
+                            self.i.replica.clone(),
+                            self.i.cmd_tx.clone(),
+                            self.i.waker.clone(),
+                        );
+                        let node = got.node;
+                        self.consistency.on_datagram(
+                            &got,
+                            &self.changes[before..],
+                            &self.i.receiver,
+                            |theirs| {
+                                let spawned = std::thread::Builder::new()
+                                    .name("hasync-compare".into())
+                                    .spawn(move || {
+                                        consistency::compare(node, theirs, key, replica, tx, waker)
+                                    });
+                                if let Err(e) = spawned {
+                                    tracing::warn!(error = %e, "consistency: cannot start the compare thread");
+                                }
+                            },
+                        );
                     }
                     if self.changes.len() >= INSTALL_BATCH {
                         self.install();
@@ -254,6 +308,10 @@ impl Loop {
             self.pending_done = None;
             self.finish_resync(done);
         }
+        let action = self
+            .consistency
+            .poll(now, &self.i.receiver, &self.i.replica);
+        self.act(action);
         self.i
             .sync_state
             .given_up_now
@@ -271,6 +329,28 @@ impl Loop {
                     let before = self.installed();
                     self.receive();
                     let _ = reply.send(self.installed() - before);
+                }
+                IngressCmd::Compared(c) => {
+                    let action = self
+                        .consistency
+                        .on_compared(Instant::now(), c, &self.i.receiver);
+                    self.act(action);
+                }
+            }
+        }
+    }
+
+    fn act(&mut self, action: Action) {
+        match action {
+            Action::None => {}
+            Action::Request(cmd) => to_egress(&self.i, cmd),
+            Action::Delete(stale) => {
+                // Our own installer's deletions are not reported back to the peer.
+                self.i.installer.install(&stale);
+                for c in &stale {
+                    if let Change::Delete(k) = c {
+                        self.i.replica.remove(k);
+                    }
                 }
             }
         }
@@ -302,6 +382,14 @@ impl Loop {
             "resync: the peer's table is installed"
         );
         state.completed(done.records);
+        // A bulk resync adds and updates but cannot remove: entries whose deletion
+        // was lost are still here. The peer's digest finds them.
+        to_egress(
+            &self.i,
+            EgressCmd::RequestDigest {
+                target: self.resync_from,
+            },
+        );
     }
 
     fn install(&mut self) {
@@ -429,6 +517,35 @@ impl Loop {
                 "sync_incompatible_peers",
                 "Peers refused for incompatible protocol versions",
                 rx.incompatible_peers,
+            ),
+        ]);
+        let cs = &self.consistency.stats;
+        let checks = "Digests of the peer's table compared with our copy, by outcome";
+        samples.extend([
+            Sample::counter("consistency_checks", checks, cs.consistent)
+                .label("outcome", "consistent"),
+            Sample::counter("consistency_checks", checks, cs.inconsistent)
+                .label("outcome", "repaired"),
+            Sample::counter("consistency_checks", checks, cs.skipped).label("outcome", "skipped"),
+            Sample::counter(
+                "consistency_buckets_repaired",
+                "Digest buckets re-sent by the peer after a difference",
+                cs.buckets_repaired,
+            ),
+            Sample::counter(
+                "consistency_stale_deleted",
+                "Entries deleted here because the peer no longer had them",
+                cs.stale_deleted,
+            ),
+            Sample::counter(
+                "consistency_repairs_abandoned",
+                "Repairs given up (stream broken or timed out)",
+                cs.repairs_abandoned,
+            ),
+            Sample::gauge(
+                "consistency_last_ok_timestamp_seconds",
+                "Unix time our copy was last found or made consistent",
+                self.consistency.last_consistent as f64,
             ),
         ]);
         for kind in crate::sync::RejectKind::ALL {

@@ -8,6 +8,7 @@
 //! ```
 //! The two data-path threads each own their state and block in epoll.
 
+pub mod consistency;
 pub mod control;
 pub mod datapath;
 pub mod delay;

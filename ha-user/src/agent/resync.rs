@@ -18,7 +18,10 @@ use std::{
 
 use tokio::sync::watch;
 
-use crate::conntrack::{Change, Entry};
+use crate::{
+    conntrack::{Change, Entry},
+    sync::wire::BucketSet,
+};
 
 /// Entries pushed per egress turn while serving a resync.
 pub const CHUNK: usize = 2048;
@@ -50,32 +53,86 @@ pub enum EgressCmd {
     },
     /// Announce our protocol versions (a peer appeared or restarted).
     Hello,
+    /// Send a digest of the entries we own (periodic check, or after a loss).
+    SendDigest,
+    /// Ask the peer for a digest of its table (ours may hold entries it deleted).
+    RequestDigest { target: u32 },
+    /// Ask the peer to re-send the entries of these buckets (our copy differs).
+    SendRepairRequest {
+        target: u32,
+        request_id: u32,
+        set: BucketSet,
+    },
+    /// The peer found these buckets of its copy wrong: re-send our entries in them.
+    ServeRepair {
+        requester: u32,
+        request_id: u32,
+        set: BucketSet,
+    },
+    /// A dump of the entries we own finished, for `job`.
+    Owned {
+        job: OwnedJob,
+        entries: Result<Vec<Entry>, String>,
+    },
 }
 
-/// A resync being streamed to the peer.
+/// Why the owned entries were dumped.
+#[derive(Debug)]
+pub enum OwnedJob {
+    Digest,
+    Repair {
+        requester: u32,
+        request_id: u32,
+        set: BucketSet,
+    },
+}
+
+/// A resync (or a bucket repair) being streamed to the peer.
 pub struct Serving {
     pub requester: u32,
     pub request_id: u32,
     pub entries: Vec<Entry>,
     pub next: usize,
     pub started: Instant,
+    /// `Some`: a repair of these buckets (ends with REPAIR_DONE), else a full resync.
+    pub repair: Option<BucketSet>,
 }
 
 impl Serving {
-    /// The next chunk as changes (create first: the requester's table may be empty).
+    /// The next chunk as changes: a full resync goes to a table that may be empty
+    /// (create first), a repair to one that holds most of it (update first).
     pub fn chunk(&mut self) -> impl Iterator<Item = Change> + '_ {
         let end = (self.next + CHUNK).min(self.entries.len());
         let chunk = &self.entries[self.next..end];
         self.next = end;
-        chunk.iter().map(|entry| Change::Upsert {
-            entry: *entry,
-            new: true,
-        })
+        let new = self.repair.is_none();
+        chunk
+            .iter()
+            .map(move |entry| Change::Upsert { entry: *entry, new })
     }
 
     pub fn done(&self) -> bool {
         self.next >= self.entries.len()
     }
+}
+
+/// What this node owns of a table dump, i.e. what a resync, a digest or a repair
+/// covers: replicable, not held for the peer, and not kept off the wire by a sync
+/// filter (rules on interfaces cannot be decided from a dump: those entries count).
+pub fn owned(
+    all: Vec<Entry>,
+    sync_peers: &[IpAddr],
+    replica: &super::replica::ReplicaSet,
+    filters: &[ha_common::FilterRule],
+) -> Vec<Entry> {
+    all.into_iter()
+        .filter(|e| {
+            let key = e.key();
+            replicable(e, sync_peers)
+                && !replica.contains(&key)
+                && crate::capture::filter::keep_destroyed(filters, &key)
+        })
+        .collect()
 }
 
 /// Entries worth sending: not loopback, not the sync link's own flows.
@@ -239,6 +296,7 @@ mod tests {
             entries,
             next: 0,
             started: Instant::now(),
+            repair: None,
         };
         let mut n = 0;
         while !s.done() {

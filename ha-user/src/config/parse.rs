@@ -564,6 +564,11 @@ fn conntrack_sync(cx: &mut Cx, b: &Block) -> ConntrackSync {
         f.get(cx, "sync_delay_ms", |n, e| conv::uint(n, e, 0, 3_600_000))
             .map(std::time::Duration::from_millis),
     );
+    set(
+        &mut s.consistency_check,
+        f.get(cx, "consistency_check_s", |n, e| conv::uint(n, e, 0, 86_400))
+            .map(std::time::Duration::from_secs),
+    );
     for (i, fb) in f.blocks("filter").into_iter().enumerate() {
         let path = format!("{P}.filter[{i}]");
         let filter = sync_filter(cx, fb, path.clone());

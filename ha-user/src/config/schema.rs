@@ -201,6 +201,9 @@ pub struct ConntrackSync {
     pub wakeup_min_gap: Duration,
     /// From `sync_delay_ms`; zero = sync at once.
     pub sync_delay: Duration,
+    /// From `consistency_check_s`: how often each node sends the digest of the entries
+    /// it owns so the peer repairs what differs; zero = only after losses.
+    pub consistency_check: Duration,
     /// Include filters are OR-ed; an exclude filter that matches always wins.
     pub filters: Vec<SyncFilter>,
 }
@@ -229,6 +232,9 @@ impl Default for ConntrackSync {
             // ~10 events at 200k/s while adding latency far below one heartbeat.
             wakeup_min_gap: Duration::from_micros(50),
             sync_delay: Duration::ZERO,
+            // conntrackd's periodic resync is off by default; a digest of 256 hashes
+            // every minute costs ~2 KB and bounds how long a lost deletion survives.
+            consistency_check: Duration::from_secs(60),
             filters: Vec::new(),
         }
     }
@@ -497,6 +503,8 @@ pub static REFERENCE: &[AttrDoc] = &[
         "Minimum gap between reader wake-ups (0..1000000)."),
     attr!(CS, "sync_delay_ms", "number (milliseconds)", Some("0"), false, "5000",
         "Only sync connections older than this (FortiGate session-pickup-delay); 0 = off, max 3600000."),
+    attr!(CS, "consistency_check_s", "number (seconds)", Some("60"), false, "30",
+        "Period of the table digest each node sends so the peer repairs entries that differ (lost deletions included); 0 = only after losses, max 86400."),
 
     attr!(F, "src_interface", "string", None, false, "\"eth1\"",
         "Ingress interface."),

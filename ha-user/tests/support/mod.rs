@@ -100,6 +100,11 @@ impl Agent {
         self.process.is_running()
     }
 
+    /// Sends `sig` (e.g. SIGSTOP / SIGCONT to freeze the agent).
+    pub fn signal(&self, sig: i32) {
+        self.process.signal(sig);
+    }
+
     /// SIGKILL: the agent dies without cleaning anything up (a crash).
     pub fn kill(&mut self) {
         self.process.signal(libc::SIGKILL);
