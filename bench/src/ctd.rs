@@ -131,8 +131,9 @@ pub fn ctl(files: &CtdFiles, args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Every "label: number" pair of a `conntrackd -s ...` report, labels prefixed with
-/// their section heading (e.g. `cache:external/current active connections`).
+/// Every counter of a `conntrackd -s ...` report as (`section/label`, value). Handles
+/// the three layouts it prints: `label:  n`, several `label: n` pairs on one line, and
+/// `n label   n label` (traffic counters).
 pub fn parse_stats(text: &str) -> Vec<(String, u64)> {
     let mut out = Vec::new();
     let mut section = String::new();
@@ -141,16 +142,41 @@ pub fn parse_stats(text: &str) -> Vec<(String, u64)> {
         if t.is_empty() {
             continue;
         }
-        if !line.starts_with(' ') && !line.starts_with('\t') && t.ends_with(':') {
+        let indented = line.starts_with(' ') || line.starts_with('\t');
+        if !indented && t.ends_with(':') {
             section = t.trim_end_matches(':').to_string();
             continue;
         }
-        // Lines like "current active connections:	       12" or
-        // "recv: Malformed messages:	0". Take the last number.
-        if let Some((label, value)) = t.rsplit_once(':')
-            && let Ok(v) = value.trim().parse::<u64>()
-        {
-            out.push((format!("{section}/{}", label.trim()), v));
+        if t.contains(':') {
+            // label1: n1 label2: n2 ...
+            let parts: Vec<&str> = t.split(':').collect();
+            let mut label = parts[0].trim().to_string();
+            for p in &parts[1..] {
+                let p = p.trim();
+                let (num, rest) = p.split_once(char::is_whitespace).unwrap_or((p, ""));
+                if let Ok(v) = num.parse::<u64>() {
+                    out.push((format!("{section}/{label}"), v));
+                }
+                label = rest.trim().to_string();
+            }
+        } else {
+            // n label words n label words ...
+            let mut num: Option<u64> = None;
+            let mut words: Vec<&str> = Vec::new();
+            for tok in t.split_whitespace() {
+                if let Ok(v) = tok.parse::<u64>() {
+                    if let Some(n) = num.take() {
+                        out.push((format!("{section}/{}", words.join(" ")), n));
+                    }
+                    num = Some(v);
+                    words.clear();
+                } else {
+                    words.push(tok);
+                }
+            }
+            if let Some(n) = num {
+                out.push((format!("{section}/{}", words.join(" ")), n));
+            }
         }
     }
     out
@@ -162,4 +188,26 @@ pub fn stat(stats: &[(String, u64)], needles: &[&str]) -> Option<u64> {
         .iter()
         .find(|(k, _)| needles.iter().all(|n| k.contains(n)))
         .map(|(_, v)| *v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_three_layouts() {
+        let text = "cache external:\ncurrent active connections:\t           7\n\
+                    connections created:\t\t       32129\tfailed:\t           3\n\n\
+                    multicast traffic (active device=sync0):\n                   8 Bytes sent                    0 Bytes recv\n\
+                    netlink stats:\n\tnetlink overrun:\t\t           2\n";
+        let s = parse_stats(text);
+        assert_eq!(
+            stat(&s, &["external", "current active connections"]),
+            Some(7)
+        );
+        assert_eq!(stat(&s, &["external", "connections created"]), Some(32129));
+        assert_eq!(stat(&s, &["external", "/failed"]), Some(3));
+        assert_eq!(stat(&s, &["multicast", "Bytes sent"]), Some(8));
+        assert_eq!(stat(&s, &["netlink overrun"]), Some(2));
+    }
 }

@@ -2,23 +2,69 @@
 
 use std::{
     fs,
-    sync::atomic::{AtomicBool, Ordering},
+    sync::atomic::{AtomicBool, AtomicU64, Ordering},
     time::Duration,
 };
 
 use anyhow::{Context as _, Result, bail};
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+/// CLOCK_MONOTONIC seconds of the first signal (duplicates within a second, as sent by
+/// `timeout` to its child and its group, count once).
+static FIRST_SIGNAL_S: AtomicU64 = AtomicU64::new(0);
+/// Host values to put back even on a forced exit (0: nothing changed).
+static RESTORE_MAX: AtomicU64 = AtomicU64::new(0);
+static RESTORE_HASHSIZE: AtomicU64 = AtomicU64::new(0);
+
+/// Writes a decimal number to a file with raw syscalls (async-signal-safe).
+fn write_number_raw(path: &std::ffi::CStr, v: u64) {
+    let mut buf = [0u8; 24];
+    let mut i = buf.len();
+    let mut x = v;
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (x % 10) as u8;
+        x /= 10;
+        if x == 0 {
+            break;
+        }
+    }
+    // SAFETY: open/write/close are async-signal-safe; buf outlives the calls.
+    unsafe {
+        let fd = libc::open(path.as_ptr(), libc::O_WRONLY);
+        if fd >= 0 {
+            libc::write(fd, buf[i..].as_ptr().cast(), buf.len() - i);
+            libc::close(fd);
+        }
+    }
+}
 
 extern "C" fn on_signal(_: libc::c_int) {
-    if INTERRUPTED.swap(true, Ordering::SeqCst) {
-        // Second Ctrl-C: the user insists. Guards will not run; say what may be left.
-        let msg = b"\nbench: interrupted twice, exiting without cleanup (ip netns list | grep ^bn)\n";
-        // SAFETY: write(2) and _exit(2) are async-signal-safe.
-        unsafe {
-            libc::write(2, msg.as_ptr().cast(), msg.len());
-            libc::_exit(130);
-        }
+    let now_s = mono_ns() / 1_000_000_000 + 1;
+    let first = FIRST_SIGNAL_S.load(Ordering::SeqCst);
+    if first == 0 {
+        FIRST_SIGNAL_S.store(now_s, Ordering::SeqCst);
+        INTERRUPTED.store(true, Ordering::SeqCst);
+        return;
+    }
+    if now_s <= first + 1 {
+        return;
+    }
+    // Second Ctrl-C: the user insists. Put the host limits back; namespaces stay.
+    let hs = RESTORE_HASHSIZE.load(Ordering::SeqCst);
+    if hs != 0 {
+        write_number_raw(c"/sys/module/nf_conntrack/parameters/hashsize", hs);
+    }
+    let max = RESTORE_MAX.load(Ordering::SeqCst);
+    if max != 0 {
+        write_number_raw(c"/proc/sys/net/netfilter/nf_conntrack_max", max);
+    }
+    let msg =
+        b"\nbench: interrupted twice, exiting without cleanup (see `ip netns list | grep ^bn`)\n";
+    // SAFETY: write(2) and _exit(2) are async-signal-safe.
+    unsafe {
+        libc::write(2, msg.as_ptr().cast(), msg.len());
+        libc::_exit(130);
     }
 }
 
@@ -103,11 +149,15 @@ impl HostConntrack {
         };
         if old_max < entries {
             g.changed = true;
+            RESTORE_MAX.store(old_max, Ordering::SeqCst);
             fs::write(MAX_PATH, entries.to_string()).context("raising nf_conntrack_max")?;
             let buckets = (entries / 4).next_power_of_two();
             if old_hashsize != 0 && old_hashsize < buckets {
+                RESTORE_HASHSIZE.store(old_hashsize, Ordering::SeqCst);
                 fs::write(HASHSIZE_PATH, buckets.to_string())
                     .context("raising nf_conntrack hashsize")?;
+            } else {
+                g.old_hashsize = 0;
             }
         }
         Ok(g)
@@ -132,6 +182,8 @@ impl Drop for HostConntrack {
             let _ = fs::write(HASHSIZE_PATH, self.old_hashsize.to_string());
         }
         let _ = fs::write(MAX_PATH, self.old_max.to_string());
+        RESTORE_MAX.store(0, Ordering::SeqCst);
+        RESTORE_HASHSIZE.store(0, Ordering::SeqCst);
     }
 }
 

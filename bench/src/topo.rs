@@ -27,9 +27,33 @@ fn err(e: testkit::Error) -> anyhow::Error {
     anyhow!("{e}")
 }
 
-/// One fresh lab; every namespace (and every process in it) goes away on drop.
+/// One fresh lab; every namespace (and every process in it) goes away on drop, the
+/// six namespaces in parallel (each deletion waits for `ip netns pids`).
 pub struct BenchLab {
-    pub lab: Lab,
+    lab: Option<Lab>,
+}
+
+impl Drop for BenchLab {
+    fn drop(&mut self) {
+        let Some(lab) = self.lab.take() else { return };
+        let Lab {
+            client,
+            server,
+            fw_a,
+            fw_b,
+            lan,
+            wan,
+            sync,
+        } = lab;
+        std::thread::scope(|s| {
+            for ns in [client, server, fw_a.ns, fw_b.ns, lan, wan]
+                .into_iter()
+                .chain(sync)
+            {
+                s.spawn(move || drop(ns));
+            }
+        });
+    }
 }
 
 impl BenchLab {
@@ -64,7 +88,7 @@ impl BenchLab {
         lab.client
             .sysctl("net.ipv4.ip_local_port_range", "1024 65535")
             .map_err(err)?;
-        let b = BenchLab { lab };
+        let b = BenchLab { lab: Some(lab) };
         b.warm_up()?;
         Ok(b)
     }
@@ -72,10 +96,9 @@ impl BenchLab {
     /// Resolves neighbours along the path so the first measured packets are not queued
     /// behind ARP.
     fn warm_up(&self) -> Result<()> {
-        self.lab
-            .client
+        self.client()
             .enter(|| -> Result<()> {
-                let s = std::net::UdpSocket::bind((client_ip(), 0))?;
+                let s = std::net::UdpSocket::bind((client_ip(), WARM_UP_SPORT))?;
                 for _ in 0..3 {
                     s.send_to(b"warm", (server_ip(), 9))?;
                     std::thread::sleep(Duration::from_millis(30));
@@ -86,12 +109,24 @@ impl BenchLab {
         Ok(())
     }
 
+    pub fn lab(&self) -> &Lab {
+        self.lab.as_ref().expect("present until dropped")
+    }
+
     pub fn a(&self) -> &NetNs {
-        &self.lab.fw_a.ns
+        &self.lab().fw_a.ns
     }
 
     pub fn b(&self) -> &NetNs {
-        &self.lab.fw_b.ns
+        &self.lab().fw_b.ns
+    }
+
+    pub fn client(&self) -> &NetNs {
+        &self.lab().client
+    }
+
+    pub fn server(&self) -> &NetNs {
+        &self.lab().server
     }
 }
 
@@ -111,11 +146,14 @@ pub fn ct_count(ns: &NetNs) -> Result<u64> {
     })?
 }
 
+/// Source port of the warm-up packets (not a generator flow).
+const WARM_UP_SPORT: u16 = 9000;
+
 /// A UDP flow of the generator, as (source port, destination port).
 pub type FlowId = (u16, u16);
 
-/// The generator's UDP flows present in the namespace's kernel table (from a ctnetlink
-/// dump: the original tuple from the client's address).
+/// The generator's UDP flows (probes included) present in the namespace's kernel table,
+/// from a ctnetlink dump: UDP from the client's address and a generator source port.
 pub fn bench_flows(ns: &NetNs) -> Result<HashSet<FlowId>> {
     within(ns, || -> Result<HashSet<FlowId>> {
         let mut entries = Vec::new();
@@ -124,7 +162,11 @@ pub fn bench_flows(ns: &NetNs) -> Result<HashSet<FlowId>> {
         let c = client_ip().octets();
         Ok(entries
             .iter()
-            .filter(|e| e.orig.proto == proto::UDP && e.orig.src[..4] == c)
+            .filter(|e| {
+                e.orig.proto == proto::UDP
+                    && e.orig.src[..4] == c
+                    && e.orig.sport() >= crate::flowgen::PROBE_SPORT
+            })
             .map(|e| (e.orig.sport(), e.orig.dport()))
             .collect())
     })?
@@ -215,7 +257,11 @@ impl NetCounters {
         );
         add("UDP InErrors", self.udp_in_errors, before.udp_in_errors);
         add("conntrack drop", self.ct_drop, before.ct_drop);
-        add("conntrack early_drop", self.ct_early_drop, before.ct_early_drop);
+        add(
+            "conntrack early_drop",
+            self.ct_early_drop,
+            before.ct_early_drop,
+        );
         add(
             "conntrack insert_failed",
             self.ct_insert_failed,

@@ -1,10 +1,12 @@
 //! `cargo xtask lab`: the two-node demo in network namespaces.
 //!
-//! Builds the agent, creates the lab topology (client, fw-a, fw-b, server, LAN/WAN
-//! bridges, sync link, VIPs on fw-a), starts hasync on both firewalls, drives traffic
-//! from the client through fw-a and shows both nodes live: connection-table sizes,
-//! events per second, what was sent, received and installed. At the end (or on
-//! Ctrl-C) it compares the two tables and removes every namespace and process it made.
+//! Builds the topology (client, fw-a, fw-b, server, LAN/WAN bridges, sync link),
+//! starts hasync on both firewalls with HA on (fw-a preferred; the gateway VIPs are
+//! moved by hasync, not configured by hand), drives traffic from the client through
+//! the VIPs and shows both nodes live: role, table size, events per second, what was
+//! sent, received and installed. `--failover` kills fw-a (agent SIGKILL, links down)
+//! halfway and shows fw-b's takeover timeline and whether a long-running TCP transfer
+//! survived. At the end, or on Ctrl-C, everything it made is removed.
 
 use std::{
     fs,
@@ -13,14 +15,14 @@ use std::{
     path::{Path, PathBuf},
     process::{Command, Stdio},
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
     thread,
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Result, bail};
 use testkit::{
     NetNs, ProcessGuard,
     lab::{CLIENT_IP, Firewall, Lab, LabOptions, SERVER_IP, SYNC_A, SYNC_B},
@@ -38,10 +40,16 @@ pub struct LabArgs {
     /// New UDP flows per second from the client.
     pub rate: u64,
     pub binary: PathBuf,
+    /// Kill fw-a halfway (or after 10 s when running until Ctrl-C).
+    pub failover: bool,
+    /// Namespace name prefix (at most 4 characters).
+    pub prefix: String,
+    /// No live view (tests).
+    pub quiet: bool,
 }
 
 /// The agent configuration of one lab node (what an operator would write).
-pub fn node_config(mode: &str, peer: &str) -> String {
+pub fn node_config(mode: &str, peer: &str, priority: u8, socket: &Path) -> String {
     format!(
         r#"# hasync lab node ({mode})
 replication {{
@@ -49,7 +57,28 @@ replication {{
   peer_addr  = "{peer}"
   secret_key = "lab-secret-please-change"
   ha {{
-    enabled = true
+    enabled            = true
+    priority           = {priority}
+    heartbeat_interval = 0.1
+    failure_threshold  = 3
+    failback_mode      = "manual"
+    virtual_ip {{
+      address   = "192.168.10.1/24"
+      interface = "lan0"
+      label     = "lan0:gw"
+    }}
+    virtual_ip {{
+      address   = "203.0.113.1/24"
+      interface = "wan0"
+    }}
+    virtual_ip {{
+      address   = "fd00:10::1/64"
+      interface = "lan0"
+    }}
+    virtual_ip {{
+      address   = "fd00:20::1/64"
+      interface = "wan0"
+    }}
     conntrack_sync {{
       enabled         = true
       interface       = "sync0"
@@ -59,17 +88,20 @@ replication {{
   }}
 }}
 agent {{
-  metrics_addr = "127.0.0.1:9724"
+  metrics_addr   = "127.0.0.1:9724"
+  control_socket = "{}"
 }}
-"#
+"#,
+        socket.display()
     )
 }
 
 struct Node<'a> {
     name: &'static str,
     fw: &'a Firewall,
-    _agent: ProcessGuard,
+    agent: Option<ProcessGuard>,
     log: PathBuf,
+    socket: PathBuf,
     prev: Snapshot,
 }
 
@@ -79,73 +111,135 @@ struct Snapshot {
     sent: f64,
     received: f64,
     installed: f64,
-    rejected: f64,
-    drops: f64,
 }
 
 pub fn run(args: LabArgs) -> Result<()> {
-    // SAFETY: installing a handler that only stores to an atomic.
-    unsafe {
-        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
-        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+    if !args.quiet {
+        // Ctrl-C ends the demo and still cleans up. SAFETY: the handler only stores
+        // to an atomic.
+        unsafe {
+            libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
+            libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+        }
     }
+    let say = |what: &str| {
+        if !args.quiet {
+            println!("==> {what}");
+        }
+    };
     let dir = std::env::temp_dir().join(testkit::unique_name("hslab"));
     fs::create_dir_all(&dir)?;
-    step("creating the topology: client, fw-a, fw-b, server, LAN/WAN bridges, sync link");
+    say("creating the topology: client, fw-a, fw-b, server, LAN/WAN bridges, sync link");
     let lab = Lab::new(&LabOptions {
-        prefix: "lab".into(),
+        prefix: args.prefix.clone(),
+        vips_on_a: false,
         ..Default::default()
     })
     .map_err(anyhow::Error::msg)?;
-    step("starting hasync on fw-a (primary) and fw-b (replica)");
+    say("starting hasync on fw-a (priority 50) and fw-b (priority 100)");
     let mut nodes = vec![
-        start(
-            &lab.fw_a,
-            "fw-a",
-            &node_config("primary", SYNC_B),
-            &args.binary,
-            &dir,
-        )?,
+        start(&lab.fw_a, "fw-a", "primary", SYNC_B, 50, &args.binary, &dir)?,
         start(
             &lab.fw_b,
             "fw-b",
-            &node_config("replica", SYNC_A),
+            "replica",
+            SYNC_A,
+            100,
             &args.binary,
             &dir,
         )?,
     ];
-    println!("    configs and logs: {}", dir.display());
-    step(&format!(
-        "driving traffic from the client through fw-a: {} new UDP flows/s + TCP connections",
+    wait_role(
+        &args.binary,
+        &nodes[0].socket,
+        "primary",
+        Duration::from_secs(10),
+    )?;
+    wait_role(
+        &args.binary,
+        &nodes[1].socket,
+        "backup",
+        Duration::from_secs(10),
+    )?;
+    if !args.quiet {
+        println!(
+            "    fw-a is PRIMARY and holds the gateway VIPs; configs, logs, sockets: {}",
+            dir.display()
+        );
+    }
+    say(&format!(
+        "driving traffic through the VIPs: {} new UDP flows/s, a TCP connection every 10 ms, one long TCP transfer",
         args.rate
     ));
     let traffic = Traffic::start(&lab, args.rate)?;
 
     let started = Instant::now();
+    let kill_at = match (args.failover, args.duration) {
+        (false, _) => None,
+        (true, 0) => Some(Duration::from_secs(10)),
+        (true, d) => Some(Duration::from_secs(d) / 2),
+    };
+    let mut killed: Option<Instant> = None;
     let mut lines = 0;
     while !STOP.load(Ordering::Relaxed)
         && (args.duration == 0 || started.elapsed() < Duration::from_secs(args.duration))
     {
-        thread::sleep(Duration::from_secs(1));
-        if lines > 0 {
-            print!("\x1b[{lines}A");
+        thread::sleep(Duration::from_millis(500));
+        if let Some(at) = kill_at
+            && killed.is_none()
+            && started.elapsed() >= at
+        {
+            killed = Some(kill(&lab.fw_a, &mut nodes[0])?);
+            if !args.quiet {
+                println!("\n==> killed fw-a: agent SIGKILLed, lan0/wan0/sync0 down");
+                lines = 0;
+            }
         }
-        lines = render(&mut nodes, started.elapsed(), &traffic)?;
+        if !args.quiet {
+            if lines > 0 {
+                print!("\x1b[{lines}A");
+            }
+            lines = render(&args.binary, &mut nodes, started.elapsed(), &traffic)?;
+        }
     }
     traffic.stop();
-    println!();
-    step("traffic stopped; waiting for fw-b to converge");
-    let verdict = converge(&lab, Duration::from_secs(20));
-    match &verdict {
-        Ok(n) => println!(
-            "    fw-a and fw-b hold the same {n} forwarded connections (tuples, NAT, state, mark, zone)"
-        ),
-        Err(e) => println!("    tables differ: {e}"),
+    if !args.quiet {
+        println!();
+    }
+    let mut verdict = Ok(());
+    if let Some(killed) = killed {
+        say("fw-b after the takeover (`hasync status`):");
+        let status = hasync(&args.binary, &["status", "--socket"], &nodes[1].socket)?;
+        if !args.quiet {
+            for line in status.lines() {
+                println!("    {line}");
+            }
+        }
+        let stream = traffic.stream_report(killed);
+        if !args.quiet {
+            println!("    long-running transfer: {stream}");
+        }
+        if !status.contains("role:     PRIMARY") {
+            verdict = Err(anyhow::anyhow!("fw-b did not take over"));
+        } else if stream.contains("BROKEN") {
+            verdict = Err(anyhow::anyhow!("the transfer did not survive the failover"));
+        }
+    } else {
+        say("traffic stopped; waiting for fw-b to converge");
+        match converge(&lab, Duration::from_secs(20)) {
+            Ok(n) if !args.quiet => {
+                println!(
+                    "    fw-a and fw-b hold the same {n} forwarded connections (tuples, NAT, state, mark, zone)"
+                )
+            }
+            Ok(_) => {}
+            Err(e) => verdict = Err(e),
+        }
     }
     for n in &nodes {
         let log = fs::read_to_string(&n.log).unwrap_or_default();
         let errors = log.lines().filter(|l| l.contains("ERROR")).count();
-        if errors > 0 {
+        if errors > 0 && !args.quiet {
             println!(
                 "    {} logged {errors} error(s); see {}",
                 n.name,
@@ -153,25 +247,24 @@ pub fn run(args: LabArgs) -> Result<()> {
             );
         }
     }
-    step("cleaning up: stopping agents, removing namespaces");
+    say("cleaning up: stopping agents, removing namespaces");
     drop(nodes);
     drop(lab);
-    verdict.map(|_| ())
-}
-
-fn step(what: &str) {
-    println!("==> {what}");
+    verdict
 }
 
 fn start<'a>(
     fw: &'a Firewall,
     name: &'static str,
-    config: &str,
+    mode: &str,
+    peer: &str,
+    priority: u8,
     binary: &Path,
     dir: &Path,
 ) -> Result<Node<'a>> {
+    let socket = dir.join(format!("{name}.sock"));
     let config_path = dir.join(format!("{name}.hcl"));
-    fs::write(&config_path, config)?;
+    fs::write(&config_path, node_config(mode, peer, priority, &socket))?;
     let check = Command::new(binary)
         .args(["check-config", "--config"])
         .arg(&config_path)
@@ -204,17 +297,67 @@ fn start<'a>(
     Ok(Node {
         name,
         fw,
-        _agent: agent,
+        agent: Some(agent),
         log,
+        socket,
         prev: Snapshot::default(),
     })
 }
 
-/// The client's traffic: new UDP flows at `rate`/s and a TCP connection every 10 ms.
+/// fw-a dies: its agent is killed and its links go down.
+fn kill(fw: &Firewall, node: &mut Node) -> Result<Instant> {
+    let at = Instant::now();
+    if let Some(mut agent) = node.agent.take() {
+        agent.signal(libc::SIGKILL);
+        let _ = agent.wait_timeout(Duration::from_secs(5));
+    }
+    for link in ["lan0", "wan0", "sync0"] {
+        fw.ns
+            .ip(&["link", "set", link, "down"])
+            .map_err(anyhow::Error::msg)?;
+    }
+    Ok(at)
+}
+
+fn hasync(binary: &Path, args: &[&str], socket: &Path) -> Result<String> {
+    let out = Command::new(binary).args(args).arg(socket).output()?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+}
+
+fn role(binary: &Path, socket: &Path) -> String {
+    let Ok(out) = Command::new(binary)
+        .args(["status", "--json", "--socket"])
+        .arg(socket)
+        .output()
+    else {
+        return "down".into();
+    };
+    serde_json::from_slice::<serde_json::Value>(&out.stdout)
+        .ok()
+        .and_then(|v| v["ha"]["role"].as_str().map(str::to_string))
+        .unwrap_or_else(|| "down".into())
+}
+
+fn wait_role(binary: &Path, socket: &Path, want: &str, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    while role(binary, socket) != want {
+        if Instant::now() > deadline {
+            bail!("{} did not become {want}", socket.display());
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+/// The client's traffic: new UDP flows at `rate`/s, a TCP connection every 10 ms, and
+/// one long TCP transfer (1 KiB every 5 ms) whose reads the server timestamps.
 struct Traffic {
     stop: Arc<AtomicBool>,
     flows: Arc<AtomicU64>,
     tcp: Arc<AtomicU64>,
+    stream_sent: Arc<AtomicU64>,
+    stream_reads: Arc<Mutex<Vec<(Instant, usize)>>>,
+    stream_error: Arc<Mutex<Option<String>>>,
     threads: Vec<thread::JoinHandle<()>>,
 }
 
@@ -223,11 +366,18 @@ impl Traffic {
         let stop = Arc::new(AtomicBool::new(false));
         let flows = Arc::new(AtomicU64::new(0));
         let tcp = Arc::new(AtomicU64::new(0));
-        let listener = lab
+        let stream_sent = Arc::new(AtomicU64::new(0));
+        let stream_reads = Arc::new(Mutex::new(Vec::new()));
+        let stream_error = Arc::new(Mutex::new(None));
+        let short = lab
             .server
             .enter(|| TcpListener::bind(format!("{SERVER_IP}:8080")))
             .map_err(anyhow::Error::msg)??;
-        listener.set_nonblocking(true)?;
+        short.set_nonblocking(true)?;
+        let long = lab
+            .server
+            .enter(|| TcpListener::bind(format!("{SERVER_IP}:9000")))
+            .map_err(anyhow::Error::msg)??;
         let udp = lab
             .client
             .enter(|| UdpSocket::bind(format!("{CLIENT_IP}:0")))
@@ -253,7 +403,7 @@ impl Traffic {
             let stop = stop.clone();
             threads.push(thread::spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
-                    match listener.accept() {
+                    match short.accept() {
                         Ok((mut s, _)) => {
                             let _ = s.set_nonblocking(false);
                             let mut buf = [0u8; 8];
@@ -266,12 +416,14 @@ impl Traffic {
             }));
         }
         {
-            let (stop, tcp) = (stop.clone(), tcp.clone());
+            let (stop, tcp, path) = (stop.clone(), tcp.clone(), client_path.clone());
             threads.push(thread::spawn(move || {
-                if testkit::enter_netns(&client_path).is_err() {
+                if testkit::enter_netns(&path).is_err() {
                     return;
                 }
-                let dst: SocketAddr = format!("{SERVER_IP}:8080").parse().expect("valid address");
+                let Ok(dst) = format!("{SERVER_IP}:8080").parse::<SocketAddr>() else {
+                    return;
+                };
                 while !stop.load(Ordering::Relaxed) {
                     if let Ok(mut c) = TcpStream::connect_timeout(&dst, Duration::from_secs(1)) {
                         let _ = c.write_all(b"ping");
@@ -283,36 +435,133 @@ impl Traffic {
                 }
             }));
         }
+        {
+            let (reads, err) = (stream_reads.clone(), stream_error.clone());
+            threads.push(thread::spawn(move || {
+                let Ok((mut s, _)) = long.accept() else {
+                    return;
+                };
+                let _ = s.set_read_timeout(Some(Duration::from_secs(60)));
+                let mut buf = [0u8; 4096];
+                loop {
+                    match s.read(&mut buf) {
+                        Ok(0) => return,
+                        Ok(n) => reads
+                            .lock()
+                            .map(|mut r| r.push((Instant::now(), n)))
+                            .unwrap_or(()),
+                        Err(e) => {
+                            if let Ok(mut slot) = err.lock() {
+                                *slot = Some(e.to_string());
+                            }
+                            return;
+                        }
+                    }
+                }
+            }));
+        }
+        {
+            let (stop, sent, err) = (stop.clone(), stream_sent.clone(), stream_error.clone());
+            threads.push(thread::spawn(move || {
+                if testkit::enter_netns(&client_path).is_err() {
+                    return;
+                }
+                let Ok(dst) = format!("{SERVER_IP}:9000").parse::<SocketAddr>() else {
+                    return;
+                };
+                let Ok(mut c) = TcpStream::connect_timeout(&dst, Duration::from_secs(5)) else {
+                    return;
+                };
+                let _ = c.set_write_timeout(Some(Duration::from_secs(5)));
+                let chunk = [7u8; 1024];
+                while !stop.load(Ordering::Relaxed) {
+                    if let Err(e) = c.write_all(&chunk) {
+                        if let Ok(mut slot) = err.lock() {
+                            *slot = Some(e.to_string());
+                        }
+                        return;
+                    }
+                    sent.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                    thread::sleep(Duration::from_millis(5));
+                }
+                let _ = c.shutdown(std::net::Shutdown::Write);
+            }));
+        }
         Ok(Traffic {
             stop,
             flows,
             tcp,
+            stream_sent,
+            stream_reads,
+            stream_error,
             threads,
         })
     }
 
-    fn stop(self) {
+    /// What happened to the long transfer since `since`.
+    fn stream_report(&self, since: Instant) -> String {
+        // Let the last bytes arrive.
+        thread::sleep(Duration::from_millis(500));
+        let sent = self.stream_sent.load(Ordering::Relaxed);
+        let reads = self
+            .stream_reads
+            .lock()
+            .map(|r| r.clone())
+            .unwrap_or_default();
+        let received: u64 = reads.iter().map(|(_, n)| *n as u64).sum();
+        let mut points = vec![since];
+        points.extend(reads.iter().map(|(t, _)| *t).filter(|t| *t >= since));
+        let gap = points
+            .windows(2)
+            .map(|w| w[1] - w[0])
+            .max()
+            .unwrap_or_default();
+        let error = self.stream_error.lock().ok().and_then(|e| e.clone());
+        match error {
+            Some(e) => format!("BROKEN ({e}); {received} of {sent} bytes arrived"),
+            None if received < sent => format!("BROKEN: {received} of {sent} bytes arrived"),
+            None => format!(
+                "survived: {received} bytes, longest pause after the kill {} ms, no reset",
+                gap.as_millis()
+            ),
+        }
+    }
+
+    fn stop(&self) {
         self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads {
+    }
+}
+
+impl Drop for Traffic {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
             let _ = t.join();
         }
     }
 }
 
-fn render(nodes: &mut [Node], elapsed: Duration, traffic: &Traffic) -> Result<usize> {
+fn render(
+    binary: &Path,
+    nodes: &mut [Node],
+    elapsed: Duration,
+    traffic: &Traffic,
+) -> Result<usize> {
     let mut out = String::new();
     out.push_str(&format!(
-        "\x1b[2K  t={:>4}s  client sent {} UDP flows, {} TCP connections\n",
-        elapsed.as_secs(),
+        "\x1b[2K  t={:>5.1}s  client: {} UDP flows, {} TCP connections, long transfer {} KiB\n",
+        elapsed.as_secs_f64(),
         traffic.flows.load(Ordering::Relaxed),
-        traffic.tcp.load(Ordering::Relaxed)
+        traffic.tcp.load(Ordering::Relaxed),
+        traffic.stream_sent.load(Ordering::Relaxed) / 1024
     ));
     out.push_str(&format!(
-        "\x1b[2K  {:<5} {:>9} {:>11} {:>9} {:>11} {:>10} {:>9} {:>7}\n",
-        "node", "entries", "captured/s", "sent/s", "received/s", "installed/s", "rejected", "drops"
+        "\x1b[2K  {:<5} {:<8} {:>8} {:>11} {:>9} {:>11} {:>11}\n",
+        "node", "role", "entries", "captured/s", "sent/s", "received/s", "installed/s"
     ));
     for n in nodes.iter_mut() {
-        let text = scrape(&n.fw.ns);
+        let up = n.agent.is_some();
+        let text = if up { scrape(&n.fw.ns) } else { String::new() };
         let now = Snapshot {
             captured: value(&text, "hasync_capture_events_total"),
             sent: value(&text, "hasync_sync_sent_records_total"),
@@ -321,24 +570,33 @@ fn render(nodes: &mut [Node], elapsed: Duration, traffic: &Traffic) -> Result<us
                 .iter()
                 .map(|r| value(&text, &format!("hasync_installs_total{{result=\"{r}\"}}")))
                 .sum(),
-            rejected: text
-                .lines()
-                .filter(|l| l.starts_with("hasync_sync_rejected_total{"))
-                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-                .sum(),
-            drops: value(&text, "hasync_ringbuf_drops_total"),
         };
-        let entries = testkit::conntrack_count(&n.fw.ns).unwrap_or(0);
+        let role = if up {
+            role(binary, &n.socket)
+        } else {
+            "dead".into()
+        };
+        let entries = if up {
+            testkit::conntrack_count(&n.fw.ns).unwrap_or(0).to_string()
+        } else {
+            "-".into()
+        };
+        let rate = |a: f64, b: f64| {
+            if up {
+                format!("{:.0}", (a - b).max(0.0) * 2.0)
+            } else {
+                "-".into()
+            }
+        };
         out.push_str(&format!(
-            "\x1b[2K  {:<5} {:>9} {:>11.0} {:>9.0} {:>11.0} {:>10.0} {:>9.0} {:>7.0}\n",
+            "\x1b[2K  {:<5} {:<8} {:>8} {:>11} {:>9} {:>11} {:>11}\n",
             n.name,
+            role.to_uppercase(),
             entries,
-            now.captured - n.prev.captured,
-            now.sent - n.prev.sent,
-            now.received - n.prev.received,
-            now.installed - n.prev.installed,
-            now.rejected,
-            now.drops
+            rate(now.captured, n.prev.captured),
+            rate(now.sent, n.prev.sent),
+            rate(now.received, n.prev.received),
+            rate(now.installed, n.prev.installed)
         ));
         n.prev = now;
     }
@@ -379,8 +637,7 @@ fn converge(lab: &Lab, timeout: Duration) -> Result<usize> {
 
 fn forwarded(ns: &NetNs) -> Result<Vec<testkit::CtLine>> {
     Ok(testkit::conntrack_list(ns)
-        .map_err(anyhow::Error::msg)
-        .context("reading the conntrack table")?
+        .map_err(anyhow::Error::msg)?
         .into_iter()
         .filter(|l| l.line.contains(&format!("src={CLIENT_IP} ")))
         .collect())

@@ -219,6 +219,10 @@ impl ControlHandler {
                     "installed_updated": v("installs", &[("result", "updated")]),
                     "installed_deleted": v("installs", &[("result", "deleted")]),
                     "deletes_sent": v("deletes", &[("action", "sent")]),
+                    "recovered_datagrams": v("sync_repaired_datagrams", &[]),
+                    "consistency_ok_unix": v("consistency_last_ok_timestamp_seconds", &[]),
+                    "consistency_repairs": v("consistency_checks", &[("outcome", "repaired")]),
+                    "consistency_stale_deleted": v("consistency_stale_deleted", &[]),
                 })
             }
             None => json!({ "enabled": false }),

@@ -6,6 +6,15 @@ use serde_json::Value;
 
 /// Renders the agent's status answer as text.
 pub fn render(v: &Value) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    render_at(v, now)
+}
+
+/// [`render`] as of `now` (Unix seconds), which relative times are counted from.
+pub fn render_at(v: &Value, now: u64) -> String {
     let mut out = String::new();
     let s = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).unwrap_or("-").to_string();
     let n = |v: &Value, k: &str| v.get(k).and_then(Value::as_f64).unwrap_or(0.0);
@@ -127,7 +136,7 @@ pub fn render(v: &Value) -> String {
                 },
                 u(sync, "full_syncs"),
                 if last > 0 {
-                    format!(", last at unix {last}")
+                    format!(", last {} ago", duration(now.saturating_sub(last) as f64))
                 } else {
                     String::new()
                 },
@@ -145,10 +154,26 @@ pub fn render(v: &Value) -> String {
             );
             let _ = writeln!(
                 out,
-                "          lost datagrams {}, auth failures {}, ring-buffer drops {}",
+                "          lost datagrams {} ({} recovered), auth failures {}, ring-buffer drops {}",
                 u(sync, "lost_datagrams"),
+                u(sync, "recovered_datagrams"),
                 u(sync, "rejected_auth"),
                 u(sync, "ringbuf_drops")
+            );
+            let checked = u(sync, "consistency_ok_unix");
+            let _ = writeln!(
+                out,
+                "          consistency: {}, {} repair(s), {} stale entries deleted",
+                if checked > 0 {
+                    format!(
+                        "copy verified {} ago",
+                        duration(now.saturating_sub(checked) as f64)
+                    )
+                } else {
+                    "not verified yet".into()
+                },
+                u(sync, "consistency_repairs"),
+                u(sync, "consistency_stale_deleted")
             );
         }
         _ => out.push_str("sync:     disabled\n"),
@@ -192,7 +217,7 @@ mod tests {
                       "sent_records": 10, "sent_datagrams": 2, "received_records": 500, "installed_created": 490,
                       "installed_updated": 10, "installed_deleted": 3, "lost_datagrams": 0, "rejected_auth": 0, "ringbuf_drops": 0 }
         });
-        let text = render(&v);
+        let text = render_at(&v, 1_800_000_042);
         let expected = "\
 hasync 0.1.0 node 7 (primary), up 2m05s
 role:     PRIMARY since 3.2s (peer_dead), priority 50
@@ -202,9 +227,10 @@ takeover: last one took 4.2 ms
 timeline (newest last):
   commit        conntrack                        0.812 ms  12 changes installed
   add-vip       192.168.10.1/24 dev lan0         0.095 ms  Added
-sync:     in sync, 1 full sync(s), last at unix 1800000000, 0 entries held for the peer
+sync:     in sync, 1 full sync(s), last 42.0s ago, 0 entries held for the peer
           sent 10 changes in 2 datagrams; received 500; installed 490 new / 10 updated / 3 deleted
-          lost datagrams 0, auth failures 0, ring-buffer drops 0
+          lost datagrams 0 (0 recovered), auth failures 0, ring-buffer drops 0
+          consistency: not verified yet, 0 repair(s), 0 stale entries deleted
 ";
         assert_eq!(text, expected);
     }

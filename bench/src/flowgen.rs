@@ -52,6 +52,9 @@ pub struct UdpPlan {
     pub max_flows: Option<u64>,
     /// Every `probe_every`-th flow is a probe (0: none).
     pub probe_every: u64,
+    /// Number of the first probe (probes of earlier runs in the same lab still have
+    /// their entries: a probe must be a new flow).
+    pub first_probe: u64,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -64,6 +67,8 @@ pub struct UdpResult {
     pub probes: Vec<(u16, u64)>,
     /// Index of the next unused flow.
     pub next_flow: u64,
+    /// Number of the next unused probe.
+    pub next_probe: u64,
 }
 
 impl UdpResult {
@@ -86,6 +91,7 @@ impl Batch {
             iov_base: payload.as_mut_ptr().cast(),
             iov_len: payload.len(),
         });
+        // SAFETY: sockaddr_in is plain old data; all-zero is valid.
         let mut addr: libc::sockaddr_in = unsafe { mem::zeroed() };
         addr.sin_family = libc::AF_INET as libc::sa_family_t;
         addr.sin_addr.s_addr = u32::from(server_ip()).to_be();
@@ -156,7 +162,8 @@ fn generate(plan: &UdpPlan, pb: Option<&ProgressBar>) -> Result<UdpResult> {
             .rate
             .map(|r| r * plan.duration.as_secs_f64() / plan.probe_every as f64)
             .unwrap_or(0.0);
-        res.probes.reserve((expect as usize).min(MAX_PROBES as usize));
+        res.probes
+            .reserve((expect as usize).min(MAX_PROBES as usize));
     }
     let max = plan.max_flows.unwrap_or(u64::MAX);
     // Pace in quanta of ~100 µs of traffic, at least one flow.
@@ -173,7 +180,7 @@ fn generate(plan: &UdpPlan, pb: Option<&ProgressBar>) -> Result<UdpResult> {
     } else {
         u64::MAX
     };
-    let mut probes_sent = 0u64;
+    let mut probes_sent = plan.first_probe;
     loop {
         let now = mono_ns();
         if now >= end_ns || res.sent >= max {
@@ -245,6 +252,7 @@ fn generate(plan: &UdpPlan, pb: Option<&ProgressBar>) -> Result<UdpResult> {
         res.next_flow += sent as u64;
     }
     res.elapsed = start.elapsed();
+    res.next_probe = probes_sent;
     if let Some(pb) = pb {
         pb.set_position(res.sent);
     }
