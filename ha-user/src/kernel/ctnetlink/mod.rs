@@ -15,10 +15,15 @@ pub mod decode;
 pub mod dump;
 pub mod encode;
 pub mod events;
+pub mod expect;
+pub mod expect_events;
+pub mod expect_install;
 pub mod installer;
 pub mod nla;
 pub mod socket;
 
+#[cfg(test)]
+mod expect_tests;
 #[cfg(test)]
 mod tests;
 
@@ -28,6 +33,13 @@ pub use decode::{CtMessage, errno_name};
 pub use dump::{DumpStats, dump, dump_into, flush};
 pub use encode::EncodeOptions;
 pub use events::{DestroyListener, Destroyed, ListenerConfig, ListenerStats, Recv};
+pub use expect::{ExpMessage, ExpectEncodeOptions, HelperNamePolicy};
+pub use expect_events::{ExpectEvent, ExpectListener, ExpectRecv};
+pub use expect_install::{
+    ExpectFailure, ExpectInstallCounts, ExpectInstallReport, ExpectInstaller,
+    ExpectInstallerConfig, ExpectOp, MasterHelper, dump_expectations, dump_expectations_into,
+    flush_expectations,
+};
 pub use installer::{Failure, InstallCounts, InstallReport, Installer, InstallerConfig, Op};
 pub use nla::DecodeError;
 

@@ -19,6 +19,7 @@
 //! hide it; it is counted as `Malformed` with its offset.
 
 pub mod check;
+pub mod expect;
 pub mod header;
 pub mod message;
 pub mod record;

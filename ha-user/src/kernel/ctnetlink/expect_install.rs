@@ -1,0 +1,820 @@
+//! Installs replicated expectations, dumps and flushes the expectation table.
+//!
+//! Batched like [`Installer`](super::Installer): requests go out without `NLM_F_ACK`,
+//! the kernel answers only failures, with the request's sequence number. Each upsert is
+//! two requests, because the kernel ignores CTA_EXPECT_TIMEOUT on create: a create
+//! (`NLM_F_CREATE|NLM_F_EXCL`; EEXIST counts as present, not as an error) and a timeout
+//! update that follows it in the same batch.
+//!
+//! **The master's helper.** The kernel refuses (EOPNOTSUPP) an expectation whose master
+//! has no helper, and an entry only gets one when it is created,
+//! either by a `ct helper set` rule on its first packet or through ctnetlink with
+//! CTA_HELP. Masters replicated by [`Installer`](super::Installer) are created without
+//! CTA_HELP, so their first replicated expectation fails. With
+//! [`ExpectInstallerConfig::repair_master_helper`] (the default) the installer then
+//! reads the master back (`IPCTNL_MSG_CT_GET`), and if it has no helper deletes it and
+//! creates it again, same tuples, NAT binding, status, timeout, mark, labels and TCP
+//! state, with CTA_HELP set to the expectation's helper name, then retries. If the
+//! helper is unknown on this node the master is put back without it. Several
+//! expectations of one master in a batch cost one re-creation. The delete and the
+//! create emit conntrack destroy/new events with this installer's port id: the agent
+//! must treat [`ExpectInstaller::portid`] like [`Installer::portid`](super::Installer)
+//! when it skips echoes. A master that already has the helper pays nothing.
+
+use std::{
+    io, mem,
+    time::{Duration, Instant},
+};
+
+use crate::conntrack::{Entry, ExpectChange, Expectation, Family, HelperName, Key, Tuple, Zone};
+
+use super::{
+    CtnlError, DumpStats, RateLimit,
+    consts::{
+        IPCTNL_MSG_CT_NEW, NETLINK_CAP_ACK, NETLINK_EXT_ACK, NLM_F_DUMP_INTR, NLMSG_DONE,
+        NLMSG_ERROR,
+    },
+    decode::{errno_name, is_ct_msg, parse_ct, parse_error},
+    encode::{EncodeOptions, encode_delete},
+    expect::{
+        ExpectEncodeOptions, IPCTNL_MSG_EXP_NEW, MAX_EXP_MSG_LEN, encode_create_with_helper,
+        encode_ct_get, encode_expect_create, encode_expect_delete, encode_expect_dump,
+        encode_expect_flush, encode_expect_set_timeout, is_exp_msg, parse_ct_helper, parse_expect,
+        set_ack,
+    },
+    nla::{MsgIter, Writer},
+    socket::NlSocket,
+};
+
+/// Socket sizing and policy for an [`ExpectInstaller`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExpectInstallerConfig {
+    /// Requested SO_SNDBUF (bounds the batch size).
+    pub sndbuf: usize,
+    /// Requested SO_RCVBUF (bounds how many failure replies one batch may produce).
+    pub rcvbuf: usize,
+    /// Expectation encoding policy (when CTA_EXPECT_HELP_NAME is sent).
+    pub encode: ExpectEncodeOptions,
+    /// Conntrack encoding policy for re-created masters: use the agent's
+    /// [`InstallerConfig::encode`](super::InstallerConfig).
+    pub master_encode: EncodeOptions,
+    /// Re-create a master that lacks the helper extension (see the module docs).
+    pub repair_master_helper: bool,
+}
+
+impl Default for ExpectInstallerConfig {
+    fn default() -> ExpectInstallerConfig {
+        ExpectInstallerConfig {
+            sndbuf: 1 << 20,
+            rcvbuf: 4 << 20,
+            encode: ExpectEncodeOptions::default(),
+            master_encode: EncodeOptions::default(),
+            repair_master_helper: true,
+        }
+    }
+}
+
+/// A request the installer sends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ExpectOp {
+    /// `IPCTNL_MSG_EXP_NEW` with `NLM_F_CREATE|NLM_F_EXCL`.
+    Create,
+    /// `IPCTNL_MSG_EXP_NEW` updating CTA_EXPECT_TIMEOUT.
+    SetTimeout,
+    /// `IPCTNL_MSG_EXP_DELETE`.
+    Delete,
+    /// Reading back / re-creating the master with its helper.
+    RepairMaster,
+}
+
+/// A change that finally failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExpectFailure {
+    /// Index into the `changes` slice given to [`ExpectInstaller::install`].
+    pub index: usize,
+    pub op: ExpectOp,
+    /// Positive errno; `EINVAL` also for changes refused before sending
+    /// ([`Expectation::validate`]).
+    pub errno: i32,
+}
+
+/// What [`ExpectInstaller::ensure_master_helper`] found or did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MasterHelper {
+    /// The entry already had this helper (or another one): left alone.
+    Present(HelperName),
+    /// The entry had none and was re-created with the requested one.
+    Recreated,
+}
+
+/// Outcome counters, per call and cumulative. Errno meanings for expectation creates:
+/// ENOENT the master is not in the table (yet); EOPNOTSUPP the master has no helper
+/// (and was not repaired) or the helper is unknown here; EBUSY/EALREADY a clashing
+/// expectation of another master; EMFILE the expectation table or the helper's
+/// `max_expected` is full; EINVAL an unknown callback name or a class beyond the
+/// helper's.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExpectInstallCounts {
+    pub created: u64,
+    /// Creates that found the expectation present (EEXIST): its timeout was updated.
+    pub existed: u64,
+    pub deleted: u64,
+    /// Deletes of expectations this node did not have (ENOENT): not an error (both
+    /// nodes time expectations out on their own).
+    pub delete_not_found: u64,
+    /// Created or present, but the timeout update failed (ETIME: it expired meanwhile).
+    pub timeout_not_set: u64,
+    /// Masters re-created with their helper.
+    pub masters_repaired: u64,
+    /// Retries skipped because a later change in the same call has the same key.
+    pub superseded: u64,
+    pub batches: u64,
+    pub messages: u64,
+    /// ENOBUFS on the socket: failure replies were lost.
+    pub replies_lost: u64,
+    /// Replies that could not be decoded or matched.
+    pub malformed: u64,
+    /// Final failures by errno.
+    pub err_enoent: u64,
+    pub err_eopnotsupp: u64,
+    pub err_einval: u64,
+    pub err_ebusy: u64,
+    pub err_emfile: u64,
+    pub err_eexist: u64,
+    pub err_other: u64,
+}
+
+impl ExpectInstallCounts {
+    pub fn errors(&self) -> u64 {
+        self.errors_by_name().iter().map(|(_, n)| n).sum()
+    }
+
+    /// Final failures labelled by errno name, for metrics.
+    pub fn errors_by_name(&self) -> [(&'static str, u64); 7] {
+        [
+            ("ENOENT", self.err_enoent),
+            ("EOPNOTSUPP", self.err_eopnotsupp),
+            ("EINVAL", self.err_einval),
+            ("EBUSY", self.err_ebusy),
+            ("EMFILE", self.err_emfile),
+            ("EEXIST", self.err_eexist),
+            ("other", self.err_other),
+        ]
+    }
+
+    fn count_error(&mut self, errno: i32) {
+        let slot = match errno {
+            libc::ENOENT => &mut self.err_enoent,
+            libc::EOPNOTSUPP => &mut self.err_eopnotsupp,
+            libc::EINVAL => &mut self.err_einval,
+            libc::EBUSY | libc::EALREADY => &mut self.err_ebusy,
+            libc::EMFILE => &mut self.err_emfile,
+            libc::EEXIST => &mut self.err_eexist,
+            _ => &mut self.err_other,
+        };
+        *slot += 1;
+    }
+
+    fn add(&mut self, o: &ExpectInstallCounts) {
+        self.created += o.created;
+        self.existed += o.existed;
+        self.deleted += o.deleted;
+        self.delete_not_found += o.delete_not_found;
+        self.timeout_not_set += o.timeout_not_set;
+        self.masters_repaired += o.masters_repaired;
+        self.superseded += o.superseded;
+        self.batches += o.batches;
+        self.messages += o.messages;
+        self.replies_lost += o.replies_lost;
+        self.malformed += o.malformed;
+        self.err_enoent += o.err_enoent;
+        self.err_eopnotsupp += o.err_eopnotsupp;
+        self.err_einval += o.err_einval;
+        self.err_ebusy += o.err_ebusy;
+        self.err_emfile += o.err_emfile;
+        self.err_eexist += o.err_eexist;
+        self.err_other += o.err_other;
+    }
+}
+
+/// What one [`ExpectInstaller::install`] call did.
+pub type ExpectInstallReport = ExpectInstallCounts;
+
+#[derive(Clone, Copy, Debug)]
+struct Pending {
+    idx: u32,
+    /// A master repair was tried for this change already.
+    repaired: bool,
+}
+
+/// Initial round, round after master repairs, one spare.
+const MAX_ROUNDS: usize = 3;
+/// Two sequence numbers per change: create (or delete) and timeout update.
+const SEQS_PER_CHANGE: u32 = 2;
+/// How long a synchronous request (master repair) waits for the kernel.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Writes replicated expectations into the namespace it was opened in.
+pub struct ExpectInstaller {
+    sock: NlSocket,
+    cfg: ExpectInstallerConfig,
+    buf: Vec<u8>,
+    rbuf: Vec<u8>,
+    seq: u32,
+    max_batch_bytes: usize,
+    max_batch_changes: usize,
+    round: Vec<Pending>,
+    next: Vec<Pending>,
+    repairs: Vec<Pending>,
+    /// Per pending change: errno of its first and second request (0: no failure).
+    errs: Vec<[i32; 2]>,
+    failures: Vec<ExpectFailure>,
+    totals: ExpectInstallCounts,
+    log: RateLimit,
+}
+
+fn set_rcvtimeo(sock: &NlSocket, d: Duration) -> Result<(), CtnlError> {
+    let tv = libc::timeval {
+        tv_sec: d.as_secs() as libc::time_t,
+        tv_usec: d.subsec_micros() as libc::suseconds_t,
+    };
+    // SAFETY: tv is a valid timeval for the duration of the call.
+    let r = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(sock),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            &tv as *const libc::timeval as *const libc::c_void,
+            mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    if r < 0 {
+        return Err(CtnlError::Io {
+            op: "set SO_RCVTIMEO",
+            source: io::Error::last_os_error(),
+        });
+    }
+    Ok(())
+}
+
+fn errno_of(e: &io::Error) -> i32 {
+    e.raw_os_error().unwrap_or(libc::EIO)
+}
+
+impl ExpectInstaller {
+    /// Opens an installer socket in the calling thread's network namespace.
+    pub fn new() -> Result<ExpectInstaller, CtnlError> {
+        ExpectInstaller::with_config(ExpectInstallerConfig::default())
+    }
+
+    pub fn with_config(cfg: ExpectInstallerConfig) -> Result<ExpectInstaller, CtnlError> {
+        let io = |op| move |source| CtnlError::Io { op, source };
+        let sock = NlSocket::open(false).map_err(io("open expectation installer socket"))?;
+        let sndbuf = sock.set_sndbuf(cfg.sndbuf).map_err(io("set SO_SNDBUF"))?;
+        let rcvbuf = sock.set_rcvbuf(cfg.rcvbuf).map_err(io("set SO_RCVBUF"))?;
+        sock.set_netlink_flag(NETLINK_CAP_ACK, true)
+            .map_err(io("set NETLINK_CAP_ACK"))?;
+        sock.set_netlink_flag(NETLINK_EXT_ACK, false)
+            .map_err(io("set NETLINK_EXT_ACK"))?;
+        // Only the blocking reads of master repairs wait; batch replies are drained
+        // with MSG_DONTWAIT.
+        set_rcvtimeo(&sock, REQUEST_TIMEOUT)?;
+        let max_batch_bytes = sndbuf.saturating_sub(64).max(2 * MAX_EXP_MSG_LEN);
+        Ok(ExpectInstaller {
+            sock,
+            cfg,
+            buf: Vec::with_capacity(max_batch_bytes.min(1 << 20)),
+            rbuf: vec![0u8; 64 << 10],
+            seq: 1,
+            max_batch_bytes,
+            // A failing change answers at most two capped errors of ~1 KiB truesize.
+            max_batch_changes: (rcvbuf / 2048).max(32),
+            round: Vec::new(),
+            next: Vec::new(),
+            repairs: Vec::new(),
+            errs: Vec::new(),
+            failures: Vec::new(),
+            totals: ExpectInstallCounts::default(),
+            log: RateLimit::new(),
+        })
+    }
+
+    /// The socket's port id: expectation events (and, after a master repair, conntrack
+    /// events) caused by this installer carry it as `nlmsg_pid`.
+    pub fn portid(&self) -> u32 {
+        self.sock.portid()
+    }
+
+    /// Counters accumulated over all `install` calls.
+    pub fn totals(&self) -> &ExpectInstallCounts {
+        &self.totals
+    }
+
+    /// The changes of the last `install` call that finally failed.
+    pub fn failures(&self) -> &[ExpectFailure] {
+        &self.failures
+    }
+
+    /// Applies `changes` in order and reports the outcomes. Kernel refusals are counted,
+    /// listed in [`failures`](ExpectInstaller::failures) and logged (rate-limited),
+    /// never returned as errors. Apply the conntrack changes received before these
+    /// first: an expectation needs its master.
+    pub fn install(&mut self, changes: &[ExpectChange]) -> ExpectInstallReport {
+        let mut rep = ExpectInstallCounts::default();
+        self.failures.clear();
+        self.round.clear();
+        for (i, c) in changes.iter().enumerate() {
+            if let ExpectChange::Upsert(e) = c
+                && let Err(why) = e.validate()
+            {
+                tracing::debug!(index = i, why, "expectation not installable");
+                rep.count_error(libc::EINVAL);
+                self.failures.push(ExpectFailure {
+                    index: i,
+                    op: ExpectOp::Create,
+                    errno: libc::EINVAL,
+                });
+                continue;
+            }
+            self.round.push(Pending {
+                idx: i as u32,
+                repaired: false,
+            });
+        }
+        for _ in 0..MAX_ROUNDS {
+            if self.round.is_empty() {
+                break;
+            }
+            self.run_round(changes, &mut rep);
+            self.next.clear();
+            self.repairs.clear();
+            for k in 0..self.round.len() {
+                let p = self.round[k];
+                let [first, second] = self.errs[k];
+                let i = p.idx as usize;
+                match &changes[i] {
+                    ExpectChange::Upsert(e) => match first {
+                        0 | libc::EEXIST => {
+                            if first == 0 {
+                                rep.created += 1;
+                            } else {
+                                rep.existed += 1;
+                            }
+                            if second != 0 {
+                                rep.timeout_not_set += 1;
+                            }
+                        }
+                        libc::EOPNOTSUPP
+                            if self.cfg.repair_master_helper
+                                && !p.repaired
+                                && e.helper.is_some() =>
+                        {
+                            if superseded(changes, i) {
+                                rep.superseded += 1;
+                            } else {
+                                self.repairs.push(p);
+                            }
+                        }
+                        errno => self.fail(&mut rep, i, ExpectOp::Create, errno),
+                    },
+                    ExpectChange::Delete(_) => match first {
+                        0 => rep.deleted += 1,
+                        libc::ENOENT => rep.delete_not_found += 1,
+                        errno => self.fail(&mut rep, i, ExpectOp::Delete, errno),
+                    },
+                }
+            }
+            let repairs = mem::take(&mut self.repairs);
+            for p in &repairs {
+                let i = p.idx as usize;
+                let ExpectChange::Upsert(e) = &changes[i] else {
+                    continue;
+                };
+                match self.repair_master(e) {
+                    Ok(recreated) => {
+                        rep.masters_repaired += u64::from(recreated);
+                        // Retried once; a second refusal is final.
+                        self.next.push(Pending {
+                            idx: p.idx,
+                            repaired: true,
+                        });
+                    }
+                    Err(errno) => self.fail(&mut rep, i, ExpectOp::RepairMaster, errno),
+                }
+            }
+            self.repairs = repairs;
+            mem::swap(&mut self.round, &mut self.next);
+        }
+        self.totals.add(&rep);
+        if (rep.errors() > 0 || rep.replies_lost > 0 || rep.malformed > 0)
+            && let Some(suppressed) = self.log.allow()
+        {
+            let first = self
+                .failures
+                .first()
+                .map(|f| (f.index, f.op, errno_name(f.errno), changes.get(f.index)));
+            tracing::warn!(
+                errors = rep.errors(),
+                replies_lost = rep.replies_lost,
+                malformed = rep.malformed,
+                by_errno = ?rep.errors_by_name().iter().filter(|(_, n)| *n > 0).collect::<Vec<_>>(),
+                first_failure = ?first,
+                suppressed_reports = suppressed,
+                "ctnetlink expectation install: kernel refused changes"
+            );
+        }
+        rep
+    }
+
+    fn fail(&mut self, rep: &mut ExpectInstallCounts, index: usize, op: ExpectOp, errno: i32) {
+        rep.count_error(errno);
+        self.failures.push(ExpectFailure { index, op, errno });
+    }
+
+    /// Sends every pending change of this round and records the errnos in `self.errs`.
+    fn run_round(&mut self, changes: &[ExpectChange], rep: &mut ExpectInstallCounts) {
+        self.errs.clear();
+        self.errs.resize(self.round.len(), [0; 2]);
+        let mut i = 0;
+        while i < self.round.len() {
+            let start = i;
+            let base = self.seq;
+            self.buf.clear();
+            let mut w = Writer::new(&mut self.buf);
+            let mut msgs = 0u64;
+            while i < self.round.len()
+                && (i == start
+                    || (i - start < self.max_batch_changes
+                        && w.len() + 2 * MAX_EXP_MSG_LEN <= self.max_batch_bytes))
+            {
+                let seq = base.wrapping_add((i - start) as u32 * SEQS_PER_CHANGE);
+                match &changes[self.round[i].idx as usize] {
+                    ExpectChange::Upsert(e) => {
+                        encode_expect_create(&mut w, seq, e, &self.cfg.encode);
+                        encode_expect_set_timeout(&mut w, seq.wrapping_add(1), e);
+                        msgs += 2;
+                    }
+                    ExpectChange::Delete(k) => {
+                        encode_expect_delete(&mut w, seq, k);
+                        msgs += 1;
+                    }
+                }
+                i += 1;
+            }
+            let n = i - start;
+            self.seq = base.wrapping_add(n as u32 * SEQS_PER_CHANGE);
+            rep.batches += 1;
+            rep.messages += msgs;
+            if let Err(e) = self.sock.send(&self.buf) {
+                let errno = errno_of(&e);
+                self.errs[start..i].fill([errno, 0]);
+                if let Some(suppressed) = self.log.allow() {
+                    tracing::warn!(
+                        error = %e, changes = n, bytes = self.buf.len(), suppressed,
+                        "ctnetlink expectation install: sendmsg failed"
+                    );
+                }
+                continue;
+            }
+            self.drain_replies(base, start, n, rep);
+        }
+    }
+
+    /// Reads the failure replies the kernel queued while processing a batch.
+    fn drain_replies(&mut self, base: u32, start: usize, n: usize, rep: &mut ExpectInstallCounts) {
+        loop {
+            let len = match self.sock.recv(&mut self.rbuf, true) {
+                Ok(len) => len,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                    rep.replies_lost += 1;
+                    self.max_batch_changes = (self.max_batch_changes / 2).max(32);
+                    continue;
+                }
+                Err(e) => {
+                    if let Some(suppressed) = self.log.allow() {
+                        tracing::warn!(error = %e, suppressed, "ctnetlink expectation install: recv failed");
+                    }
+                    break;
+                }
+            };
+            if len > self.rbuf.len() {
+                rep.malformed += 1;
+                continue;
+            }
+            for m in MsgIter::new(&self.rbuf[..len]) {
+                let Ok(m) = m else {
+                    rep.malformed += 1;
+                    break;
+                };
+                if m.ty != NLMSG_ERROR {
+                    rep.malformed += 1;
+                    continue;
+                }
+                match parse_error(&m) {
+                    Ok(0) => {}
+                    Ok(errno) => {
+                        let off = m.seq.wrapping_sub(base);
+                        let k = (off / SEQS_PER_CHANGE) as usize;
+                        let slot = (off % SEQS_PER_CHANGE) as usize;
+                        if k < n {
+                            self.errs[start + k][slot] = errno;
+                        } else {
+                            rep.malformed += 1;
+                        }
+                    }
+                    Err(_) => rep.malformed += 1,
+                }
+            }
+        }
+    }
+
+    /// Gives the master of `e` its helper by re-creating it (see the module docs).
+    /// `Ok(true)`: re-created; `Ok(false)`: it has a helper by now (an earlier change
+    /// of the same batch repaired it, or a packet), worth one retry. Otherwise the
+    /// errno that stopped it.
+    fn repair_master(&mut self, e: &Expectation) -> Result<bool, i32> {
+        let Some(helper) = e.helper else {
+            return Err(libc::EOPNOTSUPP);
+        };
+        match self.ensure_master_helper(&e.master, e.zone, &helper)? {
+            MasterHelper::Recreated => Ok(true),
+            MasterHelper::Present(_) => Ok(false),
+        }
+    }
+
+    /// Makes sure the conntrack entry with original tuple `orig` in `zone` has a
+    /// helper: if it has none, it is deleted and created again (same tuples, NAT
+    /// binding, status, timeout, mark, labels, protocol state) with `helper` attached;
+    /// if the helper is unknown on this node, the entry is put back as it was and the
+    /// kernel's errno returned (EOPNOTSUPP). An entry that already has a helper is left
+    /// alone, whichever it is. ENOENT: no such entry. The delete and the create emit
+    /// conntrack events with [`portid`](ExpectInstaller::portid).
+    ///
+    /// Called by [`install`](ExpectInstaller::install) when an expectation is refused;
+    /// public for callers that learn a master's helper some other way.
+    pub fn ensure_master_helper(
+        &mut self,
+        orig: &Tuple,
+        zone: Zone,
+        helper: &HelperName,
+    ) -> Result<MasterHelper, i32> {
+        let (entry, current) = self.get_master(orig, zone)?;
+        if let Some(h) = current {
+            return Ok(MasterHelper::Present(h));
+        }
+        let key = Key {
+            orig: entry.orig,
+            zone: entry.zone,
+        };
+        self.request(|buf, seq| {
+            let start = buf.len();
+            encode_delete(&mut Writer::new(buf), seq, &key);
+            set_ack(buf, start);
+        })?;
+        let opts = self.cfg.master_encode;
+        match self.request(|buf, seq| {
+            encode_create_with_helper(buf, seq, &entry, Some(helper), &opts, true)
+        }) {
+            Ok(()) => {
+                tracing::debug!(master = ?entry.orig, %helper, "re-created master with its helper");
+                Ok(MasterHelper::Recreated)
+            }
+            Err(errno) => {
+                // The helper is not available here: put the master back as it was.
+                let restored = self.request(|buf, seq| {
+                    encode_create_with_helper(buf, seq, &entry, None, &opts, true)
+                });
+                if let Some(suppressed) = self.log.allow() {
+                    tracing::warn!(
+                        master = ?entry.orig, %helper, error = errno_name(errno),
+                        restored = restored.is_ok(), suppressed,
+                        "could not re-create master with its helper"
+                    );
+                }
+                Err(errno)
+            }
+        }
+    }
+
+    /// Reads one conntrack entry and its helper name. ENOENT if it is not there.
+    fn get_master(&mut self, orig: &Tuple, zone: Zone) -> Result<(Entry, Option<HelperName>), i32> {
+        let seq = self.next_seq();
+        self.buf.clear();
+        encode_ct_get(&mut Writer::new(&mut self.buf), seq, orig, zone);
+        self.sock.send(&self.buf).map_err(|e| errno_of(&e))?;
+        let deadline = Instant::now() + REQUEST_TIMEOUT;
+        let mut found = None;
+        loop {
+            if Instant::now() > deadline {
+                return Err(libc::ETIMEDOUT);
+            }
+            let len = self
+                .sock
+                .recv(&mut self.rbuf, false)
+                .map_err(|e| errno_of(&e))?;
+            if len > self.rbuf.len() {
+                return Err(libc::EMSGSIZE);
+            }
+            for m in MsgIter::new(&self.rbuf[..len]) {
+                let m = m.map_err(|_| libc::EBADMSG)?;
+                if m.seq != seq {
+                    continue;
+                }
+                if m.ty == NLMSG_ERROR {
+                    return match parse_error(&m) {
+                        Ok(0) => found.ok_or(libc::ENOENT),
+                        Ok(errno) => Err(errno),
+                        Err(_) => Err(libc::EBADMSG),
+                    };
+                }
+                if is_ct_msg(&m, IPCTNL_MSG_CT_NEW) {
+                    let entry = parse_ct(&m)
+                        .and_then(|c| c.entry())
+                        .map_err(|_| libc::EBADMSG)?;
+                    let helper = parse_ct_helper(&m).map_err(|_| libc::EBADMSG)?;
+                    found = Some((entry, helper));
+                }
+            }
+        }
+    }
+
+    /// Sends one acknowledged request built by `build(buf, seq)` and waits for its
+    /// acknowledgement.
+    fn request(&mut self, build: impl FnOnce(&mut Vec<u8>, u32)) -> Result<(), i32> {
+        let seq = self.next_seq();
+        self.buf.clear();
+        build(&mut self.buf, seq);
+        self.sock.send(&self.buf).map_err(|e| errno_of(&e))?;
+        let deadline = Instant::now() + REQUEST_TIMEOUT;
+        loop {
+            if Instant::now() > deadline {
+                return Err(libc::ETIMEDOUT);
+            }
+            let len = self
+                .sock
+                .recv(&mut self.rbuf, false)
+                .map_err(|e| errno_of(&e))?;
+            for m in MsgIter::new(&self.rbuf[..len.min(self.rbuf.len())]) {
+                let m = m.map_err(|_| libc::EBADMSG)?;
+                if m.seq == seq && m.ty == NLMSG_ERROR {
+                    return match parse_error(&m) {
+                        Ok(0) => Ok(()),
+                        Ok(errno) => Err(errno),
+                        Err(_) => Err(libc::EBADMSG),
+                    };
+                }
+            }
+        }
+    }
+
+    fn next_seq(&mut self) -> u32 {
+        let s = self.seq;
+        self.seq = self.seq.wrapping_add(1);
+        s
+    }
+}
+
+/// Whether a later change in `changes` has the same key as `changes[i]`.
+fn superseded(changes: &[ExpectChange], i: usize) -> bool {
+    let key = changes[i].key();
+    changes[i + 1..].iter().any(|c| c.key() == key)
+}
+
+// ---- dump / flush -----------------------------------------------------------------------
+
+fn request_socket() -> Result<NlSocket, CtnlError> {
+    let sock = NlSocket::open(false).map_err(|source| CtnlError::Io {
+        op: "open expectation dump socket",
+        source,
+    })?;
+    sock.set_rcvbuf(4 << 20).map_err(|source| CtnlError::Io {
+        op: "set SO_RCVBUF",
+        source,
+    })?;
+    set_rcvtimeo(&sock, Duration::from_secs(30))?;
+    Ok(sock)
+}
+
+/// Every expectation of the calling thread's namespace (one family, or both with
+/// `None`), for bulk resync and tests. Zones are not reported by the kernel: every
+/// expectation comes back in [`Zone::DEFAULT`].
+pub fn dump_expectations(family: Option<Family>) -> Result<Vec<Expectation>, CtnlError> {
+    let mut out = Vec::new();
+    dump_expectations_into(family, &mut out)?;
+    Ok(out)
+}
+
+/// Appends the expectations to `out` and reports counts (malformed ones are skipped and
+/// logged).
+pub fn dump_expectations_into(
+    family: Option<Family>,
+    out: &mut Vec<Expectation>,
+) -> Result<DumpStats, CtnlError> {
+    const SEQ: u32 = 1;
+    let sock = request_socket()?;
+    let mut req = Vec::with_capacity(64);
+    encode_expect_dump(&mut Writer::new(&mut req), SEQ, family);
+    sock.send(&req).map_err(|source| CtnlError::Io {
+        op: "send expectation dump request",
+        source,
+    })?;
+    let mut stats = DumpStats::default();
+    let mut buf = vec![0u8; 256 << 10];
+    loop {
+        let n = sock.recv(&mut buf, false).map_err(|source| CtnlError::Io {
+            op: "receive expectation dump",
+            source,
+        })?;
+        if n > buf.len() {
+            stats.malformed += 1;
+            continue;
+        }
+        for m in MsgIter::new(&buf[..n]) {
+            let m = match m {
+                Ok(m) => m,
+                Err(e) => {
+                    stats.malformed += 1;
+                    tracing::warn!(error = %e, "expectation dump: malformed datagram");
+                    break;
+                }
+            };
+            if m.seq != SEQ {
+                continue;
+            }
+            if m.flags & NLM_F_DUMP_INTR != 0 {
+                stats.interrupted = true;
+            }
+            match m.ty {
+                NLMSG_DONE => return Ok(stats),
+                NLMSG_ERROR => match parse_error(&m) {
+                    Ok(0) => {}
+                    Ok(errno) => {
+                        return Err(CtnlError::Kernel {
+                            op: "expectation dump",
+                            errno,
+                        });
+                    }
+                    Err(source) => {
+                        return Err(CtnlError::Decode {
+                            op: "expectation dump",
+                            source,
+                        });
+                    }
+                },
+                _ if is_exp_msg(&m, IPCTNL_MSG_EXP_NEW) => {
+                    match parse_expect(&m).and_then(|x| x.expectation()) {
+                        Ok(e) => {
+                            out.push(e);
+                            stats.entries += 1;
+                        }
+                        Err(e) => {
+                            stats.malformed += 1;
+                            tracing::warn!(error = %e, "expectation dump: skipping malformed expectation");
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Deletes every expectation of the calling thread's namespace (each one emits a
+/// destroy event).
+pub fn flush_expectations() -> Result<(), CtnlError> {
+    const SEQ: u32 = 1;
+    let sock = request_socket()?;
+    let mut req = Vec::with_capacity(32);
+    encode_expect_flush(&mut Writer::new(&mut req), SEQ);
+    sock.send(&req).map_err(|source| CtnlError::Io {
+        op: "send expectation flush",
+        source,
+    })?;
+    let mut buf = vec![0u8; 8 << 10];
+    loop {
+        let n = sock.recv(&mut buf, false).map_err(|source| CtnlError::Io {
+            op: "receive expectation flush reply",
+            source,
+        })?;
+        for m in MsgIter::new(&buf[..n.min(buf.len())]) {
+            let m = m.map_err(|source| CtnlError::Decode {
+                op: "expectation flush",
+                source,
+            })?;
+            if m.ty == NLMSG_ERROR && m.seq == SEQ {
+                return match parse_error(&m) {
+                    Ok(0) => Ok(()),
+                    Ok(errno) => Err(CtnlError::Kernel {
+                        op: "expectation flush",
+                        errno,
+                    }),
+                    Err(source) => Err(CtnlError::Decode {
+                        op: "expectation flush",
+                        source,
+                    }),
+                };
+            }
+        }
+    }
+}
