@@ -6,11 +6,12 @@
 
 pub mod agent;
 pub mod capture;
+pub mod channel;
 pub mod cli;
 pub mod config;
 pub mod conntrack;
-pub mod ha;
 pub mod control;
+pub mod ha;
 pub mod kernel;
 pub mod metrics;
 pub mod sync;

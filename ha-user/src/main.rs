@@ -90,6 +90,11 @@ enum Cmd {
         #[command(flatten)]
         target: Target,
     },
+    /// Certificates for the replication channel: a private CA and node certificates.
+    Cert {
+        #[command(subcommand)]
+        cmd: hasync::cli::cert::CertCmd,
+    },
 }
 
 /// Which entries to list.
@@ -178,6 +183,7 @@ fn main() -> ExitCode {
         ),
         Cmd::Resync { target } => control(&target, Request::Resync, false),
         Cmd::Flush { target } => control(&target, Request::Flush, false),
+        Cmd::Cert { cmd } => hasync::cli::cert::main(cmd),
         Cmd::Run { config, log_level } => match run(&config, log_level.as_deref()) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -302,7 +302,10 @@ mod tests {
         bytes.extend(frame(FrameType::Pong, &[2; 8]));
         let (a, n) = decode(&bytes).unwrap().unwrap();
         let (b, m) = decode(&bytes[n..]).unwrap().unwrap();
-        assert_eq!((a.kind, b.kind, n + m), (FrameType::Ping, FrameType::Pong, bytes.len()));
+        assert_eq!(
+            (a.kind, b.kind, n + m),
+            (FrameType::Ping, FrameType::Pong, bytes.len())
+        );
     }
 
     #[test]
@@ -331,7 +334,11 @@ mod tests {
             ),
             ("bad magic", with(0, b'X'), FrameError::BadMagic),
             ("bad magic, short", b"HTTP".to_vec(), FrameError::BadMagic),
-            ("tls record", vec![0x16, 3, 1, 0, 0xc4], FrameError::BadMagic),
+            (
+                "tls record",
+                vec![0x16, 3, 1, 0, 0xc4],
+                FrameError::BadMagic,
+            ),
             ("version 0", with(4, 0), FrameError::UnsupportedVersion(0)),
             ("version 2", with(4, 2), FrameError::UnsupportedVersion(2)),
             ("type 0", with(5, 0), FrameError::BadType(0)),

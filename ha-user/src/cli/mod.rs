@@ -1,5 +1,6 @@
 //! Command-line helpers: finding the agent's control socket and rendering answers.
 
+pub mod cert;
 pub mod states;
 pub mod status;
 
