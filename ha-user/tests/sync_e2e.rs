@@ -405,7 +405,7 @@ fn late_joiner_receives_the_full_table() {
         &node_config("primary", SYNC_B, SECRET, ""),
     );
     let client: std::net::IpAddr = CLIENT_IP.parse().unwrap();
-    for sport in 40000..40004u16 {
+    for sport in 40000..40020u16 {
         udp_flows(
             &lab.client,
             SocketAddr::new(client, sport),
@@ -418,7 +418,7 @@ fn late_joiner_receives_the_full_table() {
         &lab.fw_a.ns,
         "capture_events_total",
         "",
-        20_000.0,
+        100_000.0,
         Duration::from_secs(20),
     );
     assert!(forwarded(&lab.fw_b).is_empty());
@@ -427,7 +427,7 @@ fn late_joiner_receives_the_full_table() {
         "fw-b",
         &node_config("replica", SYNC_A, SECRET, ""),
     );
-    wait_tables_equal(&lab.fw_a, &lab.fw_b, 20_000, Duration::from_secs(30));
+    wait_tables_equal(&lab.fw_a, &lab.fw_b, 100_000, Duration::from_secs(60));
     wait_metric(&lab.fw_b.ns, "in_sync", "", 1.0, Duration::from_secs(10));
     let mb = metrics(&lab.fw_b.ns);
     assert!(metric(&mb, "full_syncs_total", "") >= 1.0, "{mb}");
@@ -458,6 +458,8 @@ fn filtered_flows_never_reach_the_peer() {
         "fw-b",
         &node_config("replica", SYNC_A, SECRET, filter),
     );
+    // B's startup resync done first: the flows below reach it only as live events.
+    wait_metric(&lab.fw_b.ns, "in_sync", "", 1.0, Duration::from_secs(10));
     let client: std::net::IpAddr = CLIENT_IP.parse().unwrap();
     udp_flows(
         &lab.client,
@@ -529,6 +531,8 @@ fn sync_delay_keeps_short_lived_connections_local() {
         "fw-b",
         &node_config("replica", SYNC_A, SECRET, delay),
     );
+    // The delay applies to live events; a bulk resync sends every entry A owns.
+    wait_metric(&lab.fw_b.ns, "in_sync", "", 1.0, Duration::from_secs(10));
     let client: std::net::IpAddr = CLIENT_IP.parse().unwrap();
     // Short-lived: created and deleted well within the delay.
     udp_flows(

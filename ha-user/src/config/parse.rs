@@ -566,8 +566,10 @@ fn conntrack_sync(cx: &mut Cx, b: &Block) -> ConntrackSync {
     );
     set(
         &mut s.consistency_check,
-        f.get(cx, "consistency_check_s", |n, e| conv::uint(n, e, 0, 86_400))
-            .map(std::time::Duration::from_secs),
+        f.get(cx, "consistency_check_s", |n, e| {
+            conv::uint(n, e, 0, 86_400)
+        })
+        .map(std::time::Duration::from_secs),
     );
     for (i, fb) in f.blocks("filter").into_iter().enumerate() {
         let path = format!("{P}.filter[{i}]");
