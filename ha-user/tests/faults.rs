@@ -34,6 +34,13 @@ fn lab(prefix: &str) -> Lab {
         ..Default::default()
     })
     .unwrap();
+    // Unreplied UDP entries live 30 s by default: on a loaded CI machine that is shorter
+    // than a slow convergence, and an expired entry would hide the difference.
+    for fw in [&lab.fw_a, &lab.fw_b] {
+        fw.ns
+            .sysctl("net.netfilter.nf_conntrack_udp_timeout", "600")
+            .unwrap();
+    }
     // The server drops the flows silently (no ICMP errors that would end them).
     lab.server
         .nft("table inet srv {\n chain in {\n type filter hook input priority 0\n udp dport 10000-30000 drop\n }\n}\n")
@@ -264,6 +271,24 @@ fn peer_restarted_mid_traffic_converges() {
         "",
         1.0,
         Duration::from_secs(10),
+    );
+    // A in turn took B's table and compared B's digest with what it holds for B. The
+    // restarted B must not have offered A's own entries as its own: A would have held
+    // them for B and deleted them as stale (a regression seen on CI).
+    testkit::wait_for(Duration::from_secs(30), "A compared B's digest", || {
+        let ma = metrics(&lab.fw_a.ns);
+        (metric(&ma, "consistency_checks_total", "outcome=\"consistent\"")
+            + metric(&ma, "consistency_checks_total", "outcome=\"repaired\"")
+            >= 1.0)
+            .then_some(())
+    })
+    .unwrap();
+    wait_tables_equal(&lab.fw_a, &lab.fw_b, n, Duration::from_secs(30));
+    let ma = metrics(&lab.fw_a.ns);
+    assert_eq!(
+        metric(&ma, "consistency_stale_deleted_total", ""),
+        0.0,
+        "A deleted entries it owns: {ma}"
     );
 }
 

@@ -92,6 +92,7 @@ impl Consistency {
         got: &Received<'_>,
         changes: &[Change],
         receiver: &Receiver,
+        unsettled: bool,
         spawn: impl FnOnce(Digest),
     ) {
         if let Some(a) = self.repair.as_mut() {
@@ -106,8 +107,9 @@ impl Consistency {
         };
         self.stats.digests_received += 1;
         // The replica set does not record which peer an entry came from: with more
-        // than one peer, their entries would look stale to each other.
-        if self.comparing || self.repair.is_some() || receiver.peers().len() != 1 {
+        // than one peer, their entries would look stale to each other. Until our first
+        // bulk sync, entries found at start look held although some may be ours.
+        if self.comparing || self.repair.is_some() || receiver.peers().len() != 1 || unsettled {
             self.stats.skipped += 1;
             return;
         }

@@ -106,7 +106,9 @@ impl DataPath {
             Receiver::new(rc, KeyRing::from_secrets(secret, None)?)
         };
 
+        let sync_peers: Vec<IpAddr> = cfg.replication.peer_addr.into_iter().collect();
         let replica = Arc::new(ReplicaSet::new());
+        hold_entries_found_at_start(&replica, &sync_peers);
         let sync_state = Arc::new(SyncState::default());
         let stop = Arc::new(AtomicBool::new(false));
         let (done_tx, done) = mpsc::unbounded_channel();
@@ -124,7 +126,6 @@ impl DataPath {
             waker: ingress_waker.clone(),
         };
 
-        let sync_peers: Vec<IpAddr> = cfg.replication.peer_addr.into_iter().collect();
         let egress = egress::Egress {
             capture,
             destroy,
@@ -262,5 +263,29 @@ async fn request_resync(
             return;
         }
         let _ = waker.wake();
+    }
+}
+
+/// Entries already in the kernel when the agent starts may be the peer's (we were its
+/// backup and restarted) or ours: hold them until the first bulk sync tells which.
+fn hold_entries_found_at_start(replica: &ReplicaSet, sync_peers: &[IpAddr]) {
+    match crate::kernel::ctnetlink::dump(None) {
+        Ok(all) => {
+            let keys = all
+                .iter()
+                .filter(|e| super::resync::replicable(e, sync_peers))
+                .map(|e| e.key());
+            let n = replica.hold_unclaimed(keys);
+            if n > 0 {
+                tracing::info!(
+                    entries = n,
+                    "startup: entries already in the kernel are held until the first bulk sync tells whose they are"
+                );
+            }
+        }
+        Err(e) => tracing::warn!(
+            error = %e,
+            "startup: cannot dump the conntrack table; entries already there count as ours"
+        ),
     }
 }

@@ -51,6 +51,8 @@ const DELAY: Token = Token(6);
 /// Events read per drain round before the loop looks at its other sources.
 const DRAIN_BATCH: usize = 8192;
 const TICK_EVERY: Duration = Duration::from_millis(100);
+/// How long entries found at start wait for the first bulk sync to say whose they are.
+const SETTLE_WITHIN: Duration = Duration::from_secs(20);
 /// At most one loss-triggered digest in this period.
 const LOSS_DIGEST_HOLD_OFF: Duration = Duration::from_secs(2);
 const PUBLISH_EVERY: Duration = Duration::from_millis(250);
@@ -131,6 +133,10 @@ struct Loop {
     dest_addr: socket2::SockAddr,
     /// Reused buffer for delayed changes that came due.
     due: Vec<Change>,
+    /// Requests for our table that wait until we know which entries are ours.
+    deferred: Vec<EgressCmd>,
+    /// When waiting for the first bulk sync stops and what was found at start is ours.
+    settle_by: Instant,
 }
 
 impl Egress {
@@ -153,6 +159,8 @@ impl Egress {
             stats: Stats::default(),
             next_publish: Instant::now(),
             last_send_error: None,
+            deferred: Vec::new(),
+            settle_by: Instant::now() + SETTLE_WITHIN,
             e: self,
         };
         let sources = [
@@ -255,6 +263,17 @@ impl Loop {
 
     fn on_commands(&mut self) {
         while let Ok(cmd) = self.e.cmds.try_recv() {
+            // Until the first bulk sync tells which of the entries found at start are
+            // ours, what we own is unknown: a digest or table sent now would be wrong.
+            if self.e.replica.unsettled()
+                && matches!(
+                    cmd,
+                    EgressCmd::Serve { .. } | EgressCmd::SendDigest | EgressCmd::ServeRepair { .. }
+                )
+            {
+                self.defer(cmd);
+                continue;
+            }
             match cmd {
                 EgressCmd::SendNack(req) => {
                     // In our own authenticated, sequenced stream: a lost NACK is itself
@@ -588,7 +607,11 @@ impl Loop {
 
     fn on_tick(&mut self) {
         let now = Instant::now();
-        if !self.e.consistency_check.is_zero() && now >= self.next_digest {
+        self.settle(now);
+        if !self.e.consistency_check.is_zero()
+            && now >= self.next_digest
+            && !self.e.replica.unsettled()
+        {
             self.next_digest = now + self.e.consistency_check;
             self.dump_owned(OwnedJob::Digest);
         }
@@ -602,6 +625,47 @@ impl Loop {
             self.digest_after_loss(now);
             self.publish();
             self.next_publish = now + PUBLISH_EVERY;
+        }
+    }
+
+    /// Keeps a request for later, once (the requester repeats its resync request).
+    fn defer(&mut self, cmd: EgressCmd) {
+        let same = |a: &EgressCmd| match (a, &cmd) {
+            (EgressCmd::SendDigest, EgressCmd::SendDigest) => true,
+            (
+                EgressCmd::Serve {
+                    requester: r1,
+                    request_id: i1,
+                },
+                EgressCmd::Serve {
+                    requester: r2,
+                    request_id: i2,
+                },
+            ) => r1 == r2 && i1 == i2,
+            _ => false,
+        };
+        if !self.deferred.iter().any(same) {
+            tracing::info!(?cmd, "sync: request deferred until our first bulk sync");
+            self.deferred.push(cmd);
+        }
+    }
+
+    /// Once the entries found at start are settled (by the first bulk sync, or after
+    /// [`SETTLE_WITHIN`] without one: no peer answered, so they are ours), serves the
+    /// requests that waited.
+    fn settle(&mut self, now: Instant) {
+        if self.e.replica.unsettled() && now >= self.settle_by {
+            let claimed = self.e.replica.settle();
+            tracing::warn!(
+                claimed,
+                "startup: no bulk sync from the peer in time; the entries found at start count as ours"
+            );
+        }
+        if !self.e.replica.unsettled() && !self.deferred.is_empty() {
+            for cmd in self.deferred.drain(..) {
+                let _ = self.e.cmd_tx.send(cmd);
+            }
+            let _ = self.e.waker.wake();
         }
     }
 

@@ -253,6 +253,7 @@ impl Loop {
                             &got,
                             &self.changes[before..],
                             &self.i.receiver,
+                            self.i.replica.unsettled(),
                             |theirs| {
                                 let spawned = std::thread::Builder::new()
                                     .name("hasync-compare".into())
@@ -382,6 +383,13 @@ impl Loop {
             "resync: the peer's table is installed"
         );
         state.completed(done.records);
+        let claimed = self.i.replica.settle();
+        if claimed > 0 {
+            tracing::info!(
+                claimed,
+                "startup: entries found at start that the peer did not re-send are ours"
+            );
+        }
         // A bulk resync adds and updates but cannot remove: entries whose deletion
         // was lost are still here. The peer's digest finds them.
         to_egress(

@@ -5,23 +5,36 @@
 //! before the owner's, by design of the refresh rule). Ownership moves to this node
 //! as soon as its own capture reports the entry (traffic now flows here, e.g. after a
 //! failover). Keys are stored as 64-bit hashes: 8 bytes per entry.
+//!
+//! After a restart the set is gone while the kernel still holds the entries, ours and
+//! the peer's alike. Entries found at start are therefore *unclaimed*: held (not
+//! offered to the peer, not in our digests) until our first bulk sync from the peer
+//! ends. Those the peer re-sent are its own; the rest are ours and are claimed then.
+//! Without this a restarted backup sends the primary its own entries back, the
+//! primary holds them as the backup's, and its next consistency check deletes them.
 
 use std::{
     collections::HashSet,
     hash::{BuildHasher, BuildHasherDefault, DefaultHasher},
     sync::{
         Mutex,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
     },
 };
 
 use crate::conntrack::Key;
 
+type Fingerprints = HashSet<u64, BuildHasherDefault<IdentityHasher>>;
+
 #[derive(Default)]
 pub struct ReplicaSet {
-    keys: Mutex<HashSet<u64, BuildHasherDefault<IdentityHasher>>>,
+    keys: Mutex<Fingerprints>,
     /// Lets the capture path skip the lock when nothing is replicated (the primary).
     len: AtomicUsize,
+    /// Entries found in the kernel at start whose owner is not known yet.
+    unclaimed: Mutex<Fingerprints>,
+    /// True while `unclaimed` waits for the first bulk sync.
+    pending: AtomicBool,
 }
 
 /// Room reserved up front: growing a hash set rehashes everything at once, a stall of
@@ -36,6 +49,8 @@ impl ReplicaSet {
                 BuildHasherDefault::default(),
             )),
             len: AtomicUsize::new(0),
+            unclaimed: Mutex::default(),
+            pending: AtomicBool::new(false),
         }
     }
 }
@@ -45,10 +60,61 @@ fn fingerprint(key: &Key) -> u64 {
 }
 
 impl ReplicaSet {
+    /// Entries found in the kernel at start: held until [`Self::settle`].
+    pub fn hold_unclaimed(&self, keys: impl IntoIterator<Item = Key>) -> usize {
+        let (Ok(mut held), Ok(mut unclaimed)) = (self.keys.lock(), self.unclaimed.lock()) else {
+            return 0;
+        };
+        for key in keys {
+            let f = fingerprint(&key);
+            held.insert(f);
+            unclaimed.insert(f);
+        }
+        self.len.store(held.len(), Ordering::Relaxed);
+        self.pending.store(!unclaimed.is_empty(), Ordering::Relaxed);
+        unclaimed.len()
+    }
+
+    /// Whether entries found at start still wait for the first bulk sync: until then
+    /// this node neither serves digests nor judges the peer's.
+    pub fn unsettled(&self) -> bool {
+        self.pending.load(Ordering::Relaxed)
+    }
+
+    /// The first bulk sync ended (or never will): what the peer did not re-send is
+    /// ours. Returns how many entries were claimed.
+    pub fn settle(&self) -> usize {
+        if !self.pending.swap(false, Ordering::Relaxed) {
+            return 0;
+        }
+        let (Ok(mut held), Ok(mut unclaimed)) = (self.keys.lock(), self.unclaimed.lock()) else {
+            return 0;
+        };
+        let claimed = unclaimed.len();
+        for f in unclaimed.drain() {
+            held.remove(&f);
+        }
+        unclaimed.shrink_to_fit();
+        self.len.store(held.len(), Ordering::Relaxed);
+        claimed
+    }
+
+    /// Whichever way its owner is learned (the peer re-sent it, our capture saw it,
+    /// it ended), an entry is no longer unclaimed.
+    fn known(&self, f: u64) {
+        if self.pending.load(Ordering::Relaxed)
+            && let Ok(mut unclaimed) = self.unclaimed.lock()
+        {
+            unclaimed.remove(&f);
+        }
+    }
+
     /// The peer's entry was installed here.
     pub fn insert(&self, key: &Key) {
+        let f = fingerprint(key);
+        self.known(f);
         if let Ok(mut keys) = self.keys.lock() {
-            keys.insert(fingerprint(key));
+            keys.insert(f);
             self.len.store(keys.len(), Ordering::Relaxed);
         }
     }
@@ -58,6 +124,7 @@ impl ReplicaSet {
         if self.len.load(Ordering::Relaxed) == 0 {
             return false;
         }
+        self.known(fingerprint(key));
         match self.keys.lock() {
             Ok(mut keys) => {
                 let was = keys.remove(&fingerprint(key));
@@ -91,6 +158,10 @@ impl ReplicaSet {
             keys.clear();
             self.len.store(0, Ordering::Relaxed);
         }
+        if let Ok(mut unclaimed) = self.unclaimed.lock() {
+            unclaimed.clear();
+        }
+        self.pending.store(false, Ordering::Relaxed);
     }
 }
 
@@ -144,5 +215,29 @@ mod tests {
         let mut other_zone = key(2);
         other_zone.zone = Zone::new(7);
         assert!(!set.remove(&other_zone), "zone is part of the key");
+    }
+
+    #[test]
+    fn unclaimed_entries_are_held_until_settled_then_claimed_unless_resent() {
+        let set = ReplicaSet::new();
+        assert!(!set.unsettled());
+        assert_eq!(set.hold_unclaimed([key(1), key(2), key(3)]), 3);
+        assert!(set.unsettled());
+        assert!(set.contains(&key(1)) && set.contains(&key(2)) && set.contains(&key(3)));
+        set.insert(&key(1)); // the peer re-sent it: the peer's
+        assert!(set.remove(&key(2))); // our capture saw it: ours now
+        assert_eq!(set.settle(), 1, "only key 3 was still unclaimed");
+        assert!(!set.unsettled());
+        assert!(set.contains(&key(1)), "the peer's entry stays held");
+        assert!(!set.contains(&key(3)), "an entry nobody re-sent is ours");
+        assert_eq!(set.len(), 1);
+        assert_eq!(set.settle(), 0, "settling twice changes nothing");
+    }
+
+    #[test]
+    fn nothing_found_at_start_means_nothing_to_settle() {
+        let set = ReplicaSet::new();
+        assert_eq!(set.hold_unclaimed(std::iter::empty()), 0);
+        assert!(!set.unsettled());
     }
 }

@@ -111,6 +111,13 @@ impl Agent {
         let _ = self.process.wait_timeout(Duration::from_secs(5));
     }
 
+    /// Log lines worth showing when a test fails.
+    fn log_tail(&self, lines: usize) -> String {
+        let text = self.log_text();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
     /// SIGTERM and wait for a clean exit.
     pub fn stop(mut self) -> String {
         self.process.signal(libc::SIGTERM);
@@ -122,6 +129,19 @@ impl Agent {
             self.log_text()
         );
         self.log_text()
+    }
+}
+
+impl Drop for Agent {
+    /// A failing test shows what each of its agents logged last.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "---- last log lines of {} ----\n{}",
+                self.name,
+                self.log_tail(40)
+            );
+        }
     }
 }
 
@@ -176,6 +196,20 @@ pub fn forwarded(fw: &Firewall) -> Vec<CtLine> {
         .collect()
 }
 
+/// The agent's metrics about replication, for failure messages.
+fn sync_metrics(ns: &NetNs) -> String {
+    metrics(ns)
+        .lines()
+        .filter(|l| {
+            l.starts_with("hasync_")
+                && ["sync", "resync", "consistency", "install", "event", "ring"]
+                    .iter()
+                    .any(|k| l.contains(k))
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// Waits until `b`'s forwarded entries equal `a`'s (and there are `min` of them), or
 /// panics with the difference.
 pub fn wait_tables_equal(a: &Firewall, b: &Firewall, min: usize, timeout: Duration) -> Vec<CtLine> {
@@ -189,9 +223,12 @@ pub fn wait_tables_equal(a: &Firewall, b: &Firewall, min: usize, timeout: Durati
             let only_a: Vec<_> = ta.iter().filter(|l| !tb.contains(l)).take(10).collect();
             let only_b: Vec<_> = tb.iter().filter(|l| !ta.contains(l)).take(10).collect();
             panic!(
-                "tables differ after {timeout:?}: a has {}, b has {}\nonly on a: {only_a:#?}\nonly on b: {only_b:#?}",
+                "tables differ after {timeout:?}: a has {}, b has {}\nonly on a: {only_a:#?}\nonly on b: {only_b:#?}\n\
+                 metrics of a:\n{}\nmetrics of b:\n{}",
                 ta.len(),
-                tb.len()
+                tb.len(),
+                sync_metrics(&a.ns),
+                sync_metrics(&b.ns)
             );
         }
         std::thread::sleep(Duration::from_millis(200));
