@@ -4,6 +4,21 @@
 
 use std::path::PathBuf;
 
+/// Namespaces whose names start with `prefix` (the lab's names are `<prefix><role>`
+/// plus a unique suffix).
+fn namespaces(prefix: &str) -> Vec<String> {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with(prefix))
+        .map(str::to_string)
+        .collect()
+}
+
 #[test]
 fn lab_demo_with_failover_passes() {
     xtask::lab::run(xtask::lab::LabArgs {
@@ -15,6 +30,10 @@ fn lab_demo_with_failover_passes() {
         quiet: true,
     })
     .unwrap_or_else(|e| panic!("lab demo failed: {e:#}"));
+    assert!(
+        namespaces("xlab").is_empty(),
+        "the lab left namespaces behind"
+    );
 }
 
 #[test]
@@ -28,4 +47,8 @@ fn lab_demo_converges_without_failover() {
         quiet: true,
     })
     .unwrap_or_else(|e| panic!("lab demo failed: {e:#}"));
+    assert!(
+        namespaces("xlbc").is_empty(),
+        "the lab left namespaces behind"
+    );
 }

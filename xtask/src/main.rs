@@ -4,6 +4,7 @@
 //! missing, so a fresh machine needs no manual step.
 
 mod bench;
+mod fuzz;
 mod setup;
 
 use xtask::lab;
@@ -29,11 +30,15 @@ enum Cmd {
         #[arg(long)]
         release: bool,
     },
-    /// Lints (fmt, clippy) and every test, including the namespace tests (needs root).
+    /// Lints (fmt, clippy), every test including the namespace tests (needs root), and
+    /// a short run of every fuzz target.
     Test {
         /// Skip `cargo fmt --check` and `cargo clippy`.
         #[arg(long)]
         no_lint: bool,
+        /// Seconds per fuzz target (0 = skip fuzzing).
+        #[arg(long, default_value_t = 20)]
+        fuzz_seconds: u64,
         /// Extra arguments for `cargo test` (e.g. a test name filter).
         #[arg(last = true)]
         args: Vec<String>,
@@ -51,6 +56,11 @@ enum Cmd {
         /// whether a long-running TCP transfer survived.
         #[arg(long)]
         failover: bool,
+    },
+    /// Run every fuzz target (decoders of network input) for a while.
+    Fuzz {
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
     },
     /// Benchmark hasync against conntrackd (root): bench/results/<date>.md + SVG.
     Bench {
@@ -80,7 +90,18 @@ fn main() -> Result<()> {
             setup::ensure(&[])?;
             cargo(&["build", "--workspace"], release)
         }
-        Cmd::Test { no_lint, args } => test(no_lint, &args),
+        Cmd::Test {
+            no_lint,
+            fuzz_seconds,
+            args,
+        } => {
+            test(no_lint, &args)?;
+            if fuzz_seconds > 0 {
+                fuzz::run(fuzz_seconds)?;
+            }
+            Ok(())
+        }
+        Cmd::Fuzz { seconds } => fuzz::run(seconds),
         Cmd::Lab {
             duration,
             rate,
