@@ -26,7 +26,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, ValueEnum};
 
-use measure::{Ctx, ceiling, install, latency as lat, overhead, resources};
+use measure::{Ctx, ceiling, failover, install, latency as lat, overhead, resources};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Part {
@@ -35,6 +35,7 @@ enum Part {
     Latency,
     Resources,
     Install,
+    Failover,
 }
 
 #[derive(Parser)]
@@ -108,6 +109,7 @@ fn run() -> Result<()> {
         (Part::Latency, lat::steps(q)),
         (Part::Resources, resources::steps(q)),
         (Part::Install, install::steps(q)),
+        (Part::Failover, failover::steps(q)),
     ]
     .iter()
     .filter(|(p, _)| want(*p))
@@ -143,6 +145,9 @@ fn run() -> Result<()> {
     }
     if want(Part::Install) {
         results.install = Some(install::run(&mut ctx)?);
+    }
+    if want(Part::Failover) {
+        results.failover = Some(failover::run(&mut ctx)?);
     }
     ctx.overall.finish_and_clear();
 

@@ -113,7 +113,41 @@ struct Snapshot {
     installed: f64,
 }
 
+/// What a `--failover` run measured (the bench reports it).
+#[derive(Clone, Debug)]
+pub struct FailoverOutcome {
+    /// fw-b reported the primary role after the kill.
+    pub took_over: bool,
+    /// The long transfer ended with every byte and no reset.
+    pub survived: bool,
+    /// Longest pause in the transfer from the kill on: the failover gap.
+    pub longest_pause: Duration,
+    /// fw-b's own measure of its takeover procedure (status `last_takeover_ms`).
+    pub takeover_ms: Option<f64>,
+    pub summary: String,
+}
+
+/// Runs the lab demo; fails if fw-b did not converge or (with `--failover`) did not
+/// take over or the transfer broke.
 pub fn run(args: LabArgs) -> Result<()> {
+    run_measured(args).map(drop)
+}
+
+/// [`run`], returning what the failover run measured (`None` without `--failover`).
+pub fn run_measured(args: LabArgs) -> Result<Option<FailoverOutcome>> {
+    let (verdict, outcome) = run_inner(args)?;
+    verdict.map(|()| outcome)
+}
+
+/// [`run`] for the bench: a broken transfer is a measurement, not an error.
+pub fn run_failover(mut args: LabArgs) -> Result<FailoverOutcome> {
+    args.failover = true;
+    run_inner(args)?
+        .1
+        .ok_or_else(|| anyhow::anyhow!("the failover run measured nothing"))
+}
+
+fn run_inner(args: LabArgs) -> Result<(Result<()>, Option<FailoverOutcome>)> {
     if !args.quiet {
         // Ctrl-C ends the demo and still cleans up. SAFETY: the handler only stores
         // to an atomic.
@@ -207,6 +241,7 @@ pub fn run(args: LabArgs) -> Result<()> {
         println!();
     }
     let mut verdict = Ok(());
+    let mut outcome = None;
     if let Some(killed) = killed {
         say("fw-b after the takeover (`hasync status`):");
         let status = hasync(&args.binary, &["status", "--socket"], &nodes[1].socket)?;
@@ -215,13 +250,29 @@ pub fn run(args: LabArgs) -> Result<()> {
                 println!("    {line}");
             }
         }
-        let stream = traffic.stream_report(killed);
+        let (stream, survived, longest_pause) = traffic.stream_report(killed);
         if !args.quiet {
             println!("    long-running transfer: {stream}");
         }
-        if !status.contains("role:     PRIMARY") {
+        let took_over = status.contains("role:     PRIMARY");
+        let takeover_ms = hasync(
+            &args.binary,
+            &["status", "--json", "--socket"],
+            &nodes[1].socket,
+        )
+        .ok()
+        .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+        .and_then(|v| v.pointer("/ha/last_takeover_ms")?.as_f64());
+        outcome = Some(FailoverOutcome {
+            took_over,
+            survived,
+            longest_pause,
+            takeover_ms,
+            summary: stream.clone(),
+        });
+        if !took_over {
             verdict = Err(anyhow::anyhow!("fw-b did not take over"));
-        } else if stream.contains("BROKEN") {
+        } else if !survived {
             verdict = Err(anyhow::anyhow!("the transfer did not survive the failover"));
         }
     } else {
@@ -250,7 +301,7 @@ pub fn run(args: LabArgs) -> Result<()> {
     say("cleaning up: stopping agents, removing namespaces");
     drop(nodes);
     drop(lab);
-    verdict
+    Ok((verdict, outcome))
 }
 
 fn start<'a>(
@@ -499,7 +550,7 @@ impl Traffic {
     }
 
     /// What happened to the long transfer since `since`.
-    fn stream_report(&self, since: Instant) -> String {
+    fn stream_report(&self, since: Instant) -> (String, bool, Duration) {
         // Let the last bytes arrive.
         thread::sleep(Duration::from_millis(500));
         let sent = self.stream_sent.load(Ordering::Relaxed);
@@ -517,14 +568,16 @@ impl Traffic {
             .max()
             .unwrap_or_default();
         let error = self.stream_error.lock().ok().and_then(|e| e.clone());
-        match error {
+        let text = match error {
             Some(e) => format!("BROKEN ({e}); {received} of {sent} bytes arrived"),
             None if received < sent => format!("BROKEN: {received} of {sent} bytes arrived"),
             None => format!(
                 "survived: {received} bytes, longest pause after the kill {} ms, no reset",
                 gap.as_millis()
             ),
-        }
+        };
+        let survived = !text.starts_with("BROKEN");
+        (text, survived, gap)
     }
 
     fn stop(&self) {

@@ -2,6 +2,7 @@
 //! bars, log), a trial (fresh lab + agents), and waiting for the backup to catch up.
 
 pub mod ceiling;
+pub mod failover;
 pub mod install;
 pub mod latency;
 pub mod overhead;

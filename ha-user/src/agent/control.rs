@@ -205,6 +205,7 @@ impl ControlHandler {
                 json!({
                     "enabled": true,
                     "in_sync": state.is_complete(),
+                    "behind_datagrams": b.sum("sync_behind_datagrams") as u64,
                     "full_syncs": state.full_syncs.load(std::sync::atomic::Ordering::Relaxed),
                     "last_full_sync_unix": state.last_full_sync.load(std::sync::atomic::Ordering::Relaxed),
                     "replica_entries": replica.len(),

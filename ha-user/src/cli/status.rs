@@ -129,10 +129,10 @@ pub fn render_at(v: &Value, now: u64) -> String {
             let _ = writeln!(
                 out,
                 "sync:     {}, {} full sync(s){}, {} entries held for the peer",
-                if b(sync, "in_sync") {
-                    "in sync"
-                } else {
-                    "NOT in sync (waiting for the peer's table)"
+                match (b(sync, "in_sync"), u(sync, "behind_datagrams")) {
+                    (true, 0) => "in sync".to_string(),
+                    (true, n) => format!("in sync, behind by {n} datagram(s) being recovered"),
+                    (false, _) => "NOT in sync (waiting for the peer's table)".to_string(),
                 },
                 u(sync, "full_syncs"),
                 if last > 0 {
@@ -233,6 +233,26 @@ sync:     in sync, 1 full sync(s), last 42.0s ago, 0 entries held for the peer
           consistency: not verified yet, 0 repair(s), 0 stale entries deleted
 ";
         assert_eq!(text, expected);
+    }
+
+    #[test]
+    fn renders_a_replica_that_is_recovering_lost_datagrams() {
+        let v = json!({
+            "version": "0.1.0", "node_id": 2, "mode": "replica", "uptime_s": 10.0, "ha": null,
+            "sync": { "enabled": true, "in_sync": true, "behind_datagrams": 3, "full_syncs": 1,
+                      "last_full_sync_unix": 1800000000u64, "replica_entries": 1200, "lost_datagrams": 9,
+                      "recovered_datagrams": 6, "consistency_ok_unix": 1800000040u64, "consistency_repairs": 1 }
+        });
+        let text = render_at(&v, 1_800_000_042);
+        assert!(
+            text.contains("sync:     in sync, behind by 3 datagram(s) being recovered, 1 full sync(s), last 42.0s ago, 1200 entries held for the peer\n"),
+            "{text}"
+        );
+        assert!(text.contains("lost datagrams 9 (6 recovered)"), "{text}");
+        assert!(
+            text.contains("consistency: copy verified 2.0s ago, 1 repair(s)"),
+            "{text}"
+        );
     }
 
     #[test]

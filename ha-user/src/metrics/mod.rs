@@ -102,6 +102,19 @@ impl Board {
         })
     }
 
+    /// The sum of one metric over all its label sets (e.g. every peer), 0 if absent.
+    pub fn sum(&self, name: &str) -> f64 {
+        let Ok(sources) = self.sources.lock() else {
+            return 0.0;
+        };
+        sources
+            .values()
+            .flatten()
+            .filter(|s| s.name == name)
+            .map(|s| s.value)
+            .sum()
+    }
+
     /// A registry whose scrape reads this board.
     pub fn registry(&self) -> Registry {
         let mut registry = Registry::with_prefix("hasync");
