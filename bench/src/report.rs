@@ -805,26 +805,42 @@ pub fn markdown(r: &Results, m: &Meta) -> (String, Option<String>) {
     md.push_str("## 6. Failover gap\n\n");
     match &r.failover {
         Some(f) => {
+            let (h, k) = (&f.hasync, &f.incumbent);
             md.push_str(&format!(
-                "{} repetition(s) of the lab's `--failover` run: hasync with HA on both firewalls \
-                 (heartbeat 0.1 s, 3 missed = dead), fw-a holds the gateway VIPs and carries a long TCP \
-                 transfer (strict stateful policy, SNAT, `nf_conntrack_tcp_loose=0`) plus 2,000 new UDP \
-                 flows/s; fw-a's agent is SIGKILLed and its links go down halfway. Gap = longest pause \
-                 in the transfer from the kill on. The transfer survived (every byte, no reset) in {} of {}.\n\n",
-                f.reps, f.survived, f.reps
+                "{} repetition(s) of the lab's `--failover` run per system. fw-a holds the gateway VIPs and \
+                 carries a long TCP transfer (strict stateful policy, SNAT, `nf_conntrack_tcp_loose=0`) plus \
+                 2,000 new UDP flows/s; halfway fw-a's daemons are SIGKILLed and its links go down. \
+                 **hasync**: HA on both firewalls, heartbeat 0.1 s, 3 missed = dead. **conntrackd + \
+                 keepalived**: conntrackd as in the default column, keepalived VRRPv3 on LAN and WAN in one \
+                 sync group, advertisements every 0.1 s, conntrackd's `primary-backup.sh` actions as notify \
+                 scripts (commit, flush, resync, bulk send). Gap = longest pause in the transfer from the \
+                 kill on (only runs where it survived). The transfer survived (every byte, no reset): \
+                 hasync {} of {}, conntrackd + keepalived {} of {}.\n\n",
+                h.reps, h.survived, h.reps, k.survived, k.reps
             ));
             let mut t = Table::new(&SYNC_COLS);
             t.row(&[
                 "failover gap, ms (kill → transfer flowing through fw-b)".into(),
-                cell(Some(&f.gap_ms), 1.0, 0),
-                "not measured (no conntrackd + keepalived harness yet)".into(),
-                "not measured".into(),
-                String::new(),
+                cell(Some(&h.gap_ms), 1.0, 0),
+                format!(
+                    "{} (conntrackd + keepalived)",
+                    cell(Some(&k.gap_ms), 1.0, 0)
+                ),
+                "—".into(),
+                ratio(Some(&h.gap_ms), Some(&k.gap_ms)),
                 String::new(),
             ]);
             t.row(&[
-                "fw-b's takeover procedure, ms (commit, VIPs, gratuitous ARP / NA)".into(),
-                cell(Some(&f.takeover_ms), 1.0, 2),
+                "kill → fw-b holds the LAN VIP, ms".into(),
+                cell(Some(&h.vip_ms), 1.0, 0),
+                format!("{} (keepalived)", cell(Some(&k.vip_ms), 1.0, 0)),
+                "—".into(),
+                ratio(Some(&h.vip_ms), Some(&k.vip_ms)),
+                String::new(),
+            ]);
+            t.row(&[
+                "fw-b's takeover procedure, ms (hasync: commit, VIPs, gratuitous ARP / NA, timed by the agent)".into(),
+                cell(Some(&h.takeover_ms), 1.0, 2),
                 "—".into(),
                 "—".into(),
                 String::new(),

@@ -28,6 +28,7 @@ fn lab_demo_with_failover_passes() {
         failover: true,
         prefix: "xlab".into(),
         quiet: true,
+        incumbent: false,
     })
     .unwrap_or_else(|e| panic!("lab demo failed: {e:#}"));
     assert!(
@@ -45,6 +46,7 @@ fn lab_demo_converges_without_failover() {
         failover: false,
         prefix: "xlbc".into(),
         quiet: true,
+        incumbent: false,
     })
     .unwrap_or_else(|e| panic!("lab demo failed: {e:#}"));
     assert!(

@@ -46,7 +46,12 @@ pub struct LabArgs {
     pub prefix: String,
     /// No live view (tests).
     pub quiet: bool,
+    /// conntrackd + keepalived instead of hasync (failover runs only: the bench's
+    /// comparison).
+    pub incumbent: bool,
 }
+
+mod incumbent;
 
 /// The agent configuration of one lab node (what an operator would write).
 pub fn node_config(mode: &str, peer: &str, priority: u8, socket: &Path) -> String {
@@ -124,6 +129,8 @@ pub struct FailoverOutcome {
     pub longest_pause: Duration,
     /// fw-b's own measure of its takeover procedure (status `last_takeover_ms`).
     pub takeover_ms: Option<f64>,
+    /// From the kill until fw-b holds the LAN VIP (detection + transition).
+    pub vip_moved_after: Option<Duration>,
     pub summary: String,
 }
 
@@ -142,6 +149,9 @@ pub fn run_measured(args: LabArgs) -> Result<Option<FailoverOutcome>> {
 /// [`run`] for the bench: a broken transfer is a measurement, not an error.
 pub fn run_failover(mut args: LabArgs) -> Result<FailoverOutcome> {
     args.failover = true;
+    if args.incumbent {
+        return incumbent::failover(&args);
+    }
     run_inner(args)?
         .1
         .ok_or_else(|| anyhow::anyhow!("the failover run measured nothing"))
@@ -214,6 +224,7 @@ fn run_inner(args: LabArgs) -> Result<(Result<()>, Option<FailoverOutcome>)> {
         (true, d) => Some(Duration::from_secs(d) / 2),
     };
     let mut killed: Option<Instant> = None;
+    let mut vip_watch = None;
     let mut lines = 0;
     while !STOP.load(Ordering::Relaxed)
         && (args.duration == 0 || started.elapsed() < Duration::from_secs(args.duration))
@@ -223,7 +234,9 @@ fn run_inner(args: LabArgs) -> Result<(Result<()>, Option<FailoverOutcome>)> {
             && killed.is_none()
             && started.elapsed() >= at
         {
-            killed = Some(kill(&lab.fw_a, &mut nodes[0])?);
+            let at = kill(&lab.fw_a, &mut nodes[0])?;
+            vip_watch = Some(watch_vip(&lab.fw_b, at));
+            killed = Some(at);
             if !args.quiet {
                 println!("\n==> killed fw-a: agent SIGKILLed, lan0/wan0/sync0 down");
                 lines = 0;
@@ -268,6 +281,7 @@ fn run_inner(args: LabArgs) -> Result<(Result<()>, Option<FailoverOutcome>)> {
             survived,
             longest_pause,
             takeover_ms,
+            vip_moved_after: vip_watch.and_then(|w: thread::JoinHandle<_>| w.join().ok().flatten()),
             summary: stream.clone(),
         });
         if !took_over {
@@ -352,6 +366,24 @@ fn start<'a>(
         log,
         socket,
         prev: Snapshot::default(),
+    })
+}
+
+/// Times how long after `since` fw-b holds the LAN VIP (up to 10 s).
+fn watch_vip(fw: &Firewall, since: Instant) -> thread::JoinHandle<Option<Duration>> {
+    let ns = fw.ns.name().to_string();
+    thread::spawn(move || {
+        while since.elapsed() < Duration::from_secs(10) {
+            let held = Command::new("ip")
+                .args(["-n", &ns, "-4", "addr", "show", "dev", "lan0"])
+                .output()
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("192.168.10.1/24"));
+            if held {
+                return Some(since.elapsed());
+            }
+            thread::sleep(Duration::from_millis(5));
+        }
+        None
     })
 }
 

@@ -117,6 +117,7 @@ fn main() -> Result<()> {
                 failover,
                 prefix: "lab".into(),
                 quiet: false,
+                incumbent: false,
             })
         }
         Cmd::Bench { quick, args } => bench::run(quick, &args),
