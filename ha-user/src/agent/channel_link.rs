@@ -378,3 +378,76 @@ async fn owned_table(
     }
     dumped
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(extra: &str) -> Config {
+        crate::config::parse(
+            &format!(
+                "replication {{\n mode = \"replica\"\n peer_addr = \"10.250.0.1\"\n secret_key = \"0123456789\"\n{extra}\
+                 ha {{\n conntrack_sync {{\n enabled = true\n }}\n }}\n}}\n"
+            ),
+            "t.hcl",
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn no_channel_without_addresses_or_tls() {
+        assert!(ChannelLink::from_config(&cfg(""), 1).unwrap().is_none());
+        // An address but no TLS: the channel is TLS only, bulk resyncs stay on UDP.
+        let c = cfg(" primary_addr = \"10.250.0.1:9000\"\n");
+        assert!(ChannelLink::from_config(&c, 1).unwrap().is_none());
+        let mut off = c.clone();
+        off.replication.ha.conntrack_sync.enabled = false;
+        assert!(ChannelLink::from_config(&off, 1).unwrap().is_none());
+    }
+
+    #[test]
+    fn unreadable_tls_files_stop_the_agent() {
+        let c = cfg(" primary_addr = \"10.250.0.1:9000\"\n tls_ca = \"/nonexistent/ca.pem\"\n");
+        let err = ChannelLink::from_config(&c, 1).err().expect("an error");
+        assert!(err.to_string().contains("/nonexistent/ca.pem"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn no_table_is_served_while_entries_found_at_start_are_unclaimed() {
+        let replica = Arc::new(ReplicaSet::new());
+        let key = crate::conntrack::Tuple::new(
+            crate::conntrack::proto::UDP,
+            "192.0.2.1".parse().unwrap(),
+            1,
+            "192.0.2.2".parse().unwrap(),
+            2,
+        );
+        let entry = crate::conntrack::Entry {
+            orig: key,
+            reply: key.swapped(),
+            status: 0,
+            timeout: 30,
+            mark: 0,
+            zone: crate::conntrack::Zone::DEFAULT,
+            proto: crate::conntrack::ProtoInfo::None,
+            labels: None,
+        };
+        replica.hold_unclaimed([entry.key()]);
+        let peer = PeerInfo {
+            addr: "10.250.0.2:40000".parse().unwrap(),
+            node: 2,
+            subject: None,
+        };
+        let started = Instant::now();
+        let got = owned_table(
+            peer,
+            replica.clone(),
+            Vec::new(),
+            Vec::new(),
+            Duration::from_millis(300),
+        )
+        .await;
+        assert!(got.is_err_and(|e| e.contains("not settled")));
+        assert!(started.elapsed() >= Duration::from_millis(300));
+    }
+}
