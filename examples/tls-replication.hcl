@@ -4,7 +4,11 @@
 # the primary (bulk resynchronisation after a restart). The primary accepts it on
 # `listen_addr`; the replica dials `primary_addr`. With TLS and `tls_mutual`,
 # both sides present certificates signed by the same private CA, so neither can be
-# impersonated even by a host that knows the pre-shared key.
+# impersonated even by a host that knows the pre-shared key. Only the bulk resync
+# goes over TLS (live changes stay on UDP); if the channel fails (refused
+# certificate, primary unreachable) the replica logs why and resyncs over UDP.
+# Certificates: `hasync cert init --dir DIR`, then
+# `hasync cert issue --dir DIR --name node-b --ip 10.250.0.2` per node.
 #
 # The primary's file would have mode = "primary", listen_addr = ":9000", no
 # primary_addr, and the same tls_* settings with its own certificate.

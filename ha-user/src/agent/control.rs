@@ -20,6 +20,8 @@ pub struct ControlHandler {
     pub started: Instant,
     pub ha: Option<mpsc::Sender<Command>>,
     pub sync: Option<(ResyncHandle, Arc<ReplicaSet>)>,
+    /// The TLS replication channel, when configured.
+    pub channel: Option<Arc<super::channel_link::ChannelLink>>,
     pub board: Board,
 }
 
@@ -235,6 +237,7 @@ impl ControlHandler {
             "version": env!("CARGO_PKG_VERSION"),
             "ha": ha,
             "sync": sync,
+            "channel": self.channel.as_ref().map(|c| c.status()),
         })
     }
 }

@@ -15,7 +15,9 @@ use mio::{Poll, Waker};
 use tokio::sync::mpsc;
 
 use super::{
-    AgentError, egress,
+    AgentError,
+    channel_link::ChannelLink,
+    egress,
     ingress::{self, Barrier},
     io_err,
     replica::ReplicaSet,
@@ -36,12 +38,19 @@ pub struct ResyncHandle {
     pub state: Arc<SyncState>,
     egress: std::sync::mpsc::Sender<EgressCmd>,
     waker: Arc<Waker>,
+    /// With a TLS channel the request task runs it (channel first, then UDP).
+    channel: Option<mpsc::UnboundedSender<u32>>,
 }
 
 impl ResyncHandle {
     /// Sends a new resync request; the answer updates `last_full_sync`.
     pub fn request(&self) -> Result<u32, String> {
         let id = self.state.new_request_id();
+        if let Some(tx) = &self.channel {
+            tx.send(id)
+                .map_err(|_| "the resync task is gone".to_string())?;
+            return Ok(id);
+        }
         self.state
             .requested(id, self.state.given_up_now.load(Ordering::Relaxed));
         self.egress
@@ -61,6 +70,9 @@ pub struct DataPath {
     pub done: mpsc::UnboundedReceiver<(&'static str, Result<(), String>)>,
     pub destination: std::net::SocketAddr,
     pub resync: ResyncHandle,
+    /// What the owned-entries filter needs (the TLS channel serves the same table).
+    pub sync_peers: Vec<IpAddr>,
+    pub filters: Vec<ha_common::FilterRule>,
     stop: Arc<AtomicBool>,
     workers: Vec<Worker>,
 }
@@ -79,6 +91,7 @@ impl DataPath {
         epoch: u32,
         secret: &[u8],
         board: &Board,
+        channel: Option<Arc<ChannelLink>>,
     ) -> Result<DataPath, AgentError> {
         let sync_cfg = &cfg.replication.ha.conntrack_sync;
         let transport = settings::transport(cfg);
@@ -141,8 +154,8 @@ impl DataPath {
             cmd_tx: egress_tx.clone(),
             waker: egress_waker.clone(),
             sync_state: sync_state.clone(),
-            sync_peers,
-            filters,
+            sync_peers: sync_peers.clone(),
+            filters: filters.clone(),
             delay: (!sync_cfg.sync_delay.is_zero())
                 .then(|| super::delay::DelayQueue::new(sync_cfg.sync_delay)),
             digest_key: DigestKey::derive(secret)?,
@@ -172,14 +185,25 @@ impl DataPath {
                 ingress.run(ingress_poll)
             })?,
         ];
+        let channel = channel.filter(|c| c.is_client());
+        let (manual_tx, manual) = mpsc::unbounded_channel();
         let resync = ResyncHandle {
             state: sync_state.clone(),
             egress: egress_tx.clone(),
             waker: egress_waker.clone(),
+            channel: channel.is_some().then_some(manual_tx),
         };
-        tokio::spawn(request_resync(sync_state.clone(), egress_tx, egress_waker));
+        tokio::spawn(request_resync(
+            sync_state.clone(),
+            egress_tx,
+            egress_waker,
+            channel.map(|c| (c, barrier.clone())),
+            manual,
+        ));
         Ok(DataPath {
             resync,
+            sync_peers,
+            filters,
             sync_state,
             replica,
             barrier,
@@ -231,30 +255,54 @@ fn spawn(
 
 /// Asks the peer for its full table until one arrives intact (a node that starts or
 /// rejoins has nothing, or a stale copy; a table that lost updates beyond repair).
+/// With a TLS channel (`primary_addr`) each new request, and `hasync resync`, goes
+/// over the channel first; if that fails, the same request goes out over UDP.
 async fn request_resync(
     state: Arc<SyncState>,
     egress: std::sync::mpsc::Sender<EgressCmd>,
     waker: Arc<Waker>,
+    channel: Option<(Arc<ChannelLink>, Barrier)>,
+    mut manual: mpsc::UnboundedReceiver<u32>,
 ) {
-    let mut request_id;
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     // Runs for the agent's life: a table found incomplete later (datagrams lost
     // beyond repair) is asked for again.
     loop {
-        tick.tick().await;
-        if state.is_complete() {
-            continue;
-        }
+        let asked = tokio::select! {
+            _ = tick.tick() => None,
+            Some(id) = manual.recv() => Some(id),
+        };
         let pending = state.pending_request.load(Ordering::Relaxed);
-        if pending == 0 {
-            request_id = state.new_request_id();
-            state.requested(request_id, state.given_up_now.load(Ordering::Relaxed));
+        let (request_id, fresh) = if let Some(id) = asked {
+            state.requested(id, state.given_up_now.load(Ordering::Relaxed));
+            (id, true)
+        } else if state.is_complete() {
+            continue;
+        } else if pending == 0 {
+            let id = state.new_request_id();
+            state.requested(id, state.given_up_now.load(Ordering::Relaxed));
+            (id, true)
         } else if state.overdue() {
             // Same id: a peer still serving it carries on instead of starting over.
-            request_id = pending;
             state.retried();
+            (pending, false)
         } else {
             continue;
+        };
+        if let Some((link, ingress)) = &channel
+            && (fresh || link.retry_channel())
+        {
+            match link.resync(request_id, ingress).await {
+                Ok(_) => continue,
+                Err(e) => {
+                    link.failed(&e);
+                    if state.pending_request.load(Ordering::Relaxed) != request_id {
+                        continue; // found incomplete meanwhile: a new request follows
+                    }
+                    // The UDP request gets its own full wait for an answer.
+                    state.retried();
+                }
+            }
         }
         if egress
             .send(resync::EgressCmd::Request { request_id })

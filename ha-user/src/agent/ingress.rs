@@ -69,6 +69,20 @@ pub enum IngressCmd {
     Barrier(tokio::sync::oneshot::Sender<u64>),
     /// The consistency check's table comparison finished.
     Compared(consistency::Compared),
+    /// Part of the peer's table from the TLS channel: installed like replicated
+    /// upserts, then acknowledged (the channel reads the next batch meanwhile).
+    ChannelBatch {
+        entries: Vec<crate::conntrack::Entry>,
+        done: tokio::sync::oneshot::Sender<()>,
+    },
+    /// The channel delivered the whole table of node `from` for `request_id`: complete
+    /// the sync as a UDP RESYNC_DONE would. The reply says whether it counted.
+    ChannelDone {
+        request_id: u32,
+        records: u64,
+        from: u32,
+        reply: tokio::sync::oneshot::Sender<Result<(), String>>,
+    },
 }
 
 /// The takeover's first step: "every sync datagram already received is in the kernel".
@@ -337,6 +351,25 @@ impl Loop {
                         .on_compared(Instant::now(), c, &self.i.receiver);
                     self.act(action);
                 }
+                IngressCmd::ChannelBatch { entries, done } => {
+                    // Whatever the socket delivered first goes in first.
+                    self.install();
+                    self.changes.extend(
+                        entries
+                            .into_iter()
+                            .map(|entry| Change::Upsert { entry, new: true }),
+                    );
+                    self.install();
+                    let _ = done.send(());
+                }
+                IngressCmd::ChannelDone {
+                    request_id,
+                    records,
+                    from,
+                    reply,
+                } => {
+                    let _ = reply.send(self.complete_resync(request_id, records, from, "tls"));
+                }
             }
         }
     }
@@ -363,26 +396,40 @@ impl Loop {
         t.created + t.updated + t.deleted + t.delete_not_found
     }
 
-    /// The peer finished sending its table: complete if nothing was given up on the way
-    /// (gaps repaired by NACK are fine), else ask again.
+    /// The peer finished sending its table over UDP.
     fn finish_resync(&mut self, done: crate::sync::wire::ResyncDone) {
+        let _ = self.complete_resync(done.request_id, done.records, self.resync_from, "udp");
+    }
+
+    /// The peer's table for `request_id` is installed (over UDP or the TLS channel):
+    /// complete if nothing was given up on the way (gaps repaired by NACK are fine),
+    /// else ask again.
+    fn complete_resync(
+        &mut self,
+        request_id: u32,
+        records: u64,
+        from: u32,
+        via: &'static str,
+    ) -> Result<(), String> {
         let state = &self.i.sync_state;
-        if state.pending_request.load(Ordering::Relaxed) != done.request_id {
-            return; // an answer to an older request
+        if state.pending_request.load(Ordering::Relaxed) != request_id {
+            return Err(format!("request {request_id} is no longer the one pending")); // an answer to an older request
         }
         if self.i.receiver.stats().given_up > state.given_up_at_request.load(Ordering::Relaxed) {
             tracing::warn!(
-                request_id = done.request_id,
+                request_id,
+                via,
                 "resync: datagrams were lost beyond repair during the transfer; asking again"
             );
             state.mark_incomplete();
-            return;
+            return Err("sync datagrams were lost beyond repair during the transfer".into());
         }
         tracing::info!(
-            entries = done.records,
+            entries = records,
+            via,
             "resync: the peer's table is installed"
         );
-        state.completed(done.records);
+        state.completed(records);
         let claimed = self.i.replica.settle();
         if claimed > 0 {
             tracing::info!(
@@ -392,12 +439,8 @@ impl Loop {
         }
         // A bulk resync adds and updates but cannot remove: entries whose deletion
         // was lost are still here. The peer's digest finds them.
-        to_egress(
-            &self.i,
-            EgressCmd::RequestDigest {
-                target: self.resync_from,
-            },
-        );
+        to_egress(&self.i, EgressCmd::RequestDigest { target: from });
+        Ok(())
     }
 
     fn install(&mut self) {

@@ -4,10 +4,11 @@
 //! egress thread:  capture (ring buffer + destroy events) -> sync::Sender -> UDP
 //! ingress thread: UDP -> sync::Receiver -> kernel::ctnetlink::Installer
 //! tokio runtime:  HA driver (heartbeats, election, takeover), control socket,
-//!                 metrics endpoint, signals
+//!                 metrics endpoint, signals, TLS replication channel (bulk resync)
 //! ```
 //! The two data-path threads each own their state and block in epoll.
 
+pub mod channel_link;
 pub mod consistency;
 pub mod control;
 pub mod datapath;
@@ -57,6 +58,8 @@ pub enum AgentError {
     Driver(#[from] ha::driver::DriverError),
     #[error(transparent)]
     Control(#[from] ControlError),
+    #[error(transparent)]
+    Channel(#[from] crate::channel::ChannelError),
     #[error("HA and sync need `secret_key`: every heartbeat and datagram is authenticated")]
     NoSecret,
     #[error("HA needs `peer_addr`")]
@@ -123,11 +126,28 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), AgentError> {
     let secret = secret.unwrap_or_default();
 
     settings::check_interfaces(&cfg)?;
+    let channel = channel_link::ChannelLink::from_config(&cfg, node)?;
     let mut data = if sync_cfg.enabled {
-        Some(DataPath::start(&cfg, node, epoch, &secret, &board)?)
+        Some(DataPath::start(
+            &cfg,
+            node,
+            epoch,
+            &secret,
+            &board,
+            channel.clone(),
+        )?)
     } else {
         None
     };
+    // Listening before "ready": a peer starting next finds the channel up.
+    let mut channel_tasks = Vec::new();
+    if let (Some(link), Some(d)) = (&channel, &data) {
+        let served = link
+            .serve(d.replica.clone(), d.sync_peers.clone(), d.filters.clone())
+            .await?;
+        channel_tasks.extend(served);
+        channel_tasks.push(tokio::spawn(link.clone().publish(board.clone())));
+    }
 
     let (ha_tx, ha_task) = if ha_cfg.enabled {
         let (tx, rx) = mpsc::channel(16);
@@ -145,6 +165,7 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), AgentError> {
         started,
         ha: ha_tx,
         sync: data.as_ref().map(|d| (d.resync.clone(), d.replica.clone())),
+        channel: channel.clone(),
         board: board.clone(),
     };
     let control = tokio::spawn(server.run(Arc::new(handler)));
@@ -163,6 +184,9 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), AgentError> {
 
     let outcome = wait(&mut data, ha_task, &cfg, &opts).await;
     control.abort();
+    for t in channel_tasks {
+        t.abort();
+    }
     if let Some(tx) = ha_stop {
         let (reply, done) = tokio::sync::oneshot::channel();
         if tx.send(ha::driver::Command::Shutdown(reply)).await.is_ok() {

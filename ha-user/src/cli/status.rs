@@ -178,7 +178,56 @@ pub fn render_at(v: &Value, now: u64) -> String {
         }
         _ => out.push_str("sync:     disabled\n"),
     }
+    if let Some(ch) = v.get("channel").filter(|c| c.is_object()) {
+        channel(&mut out, ch, now);
+    }
     out
+}
+
+/// The TLS replication channel's lines (absent when it is not configured).
+fn channel(out: &mut String, ch: &Value, now: u64) {
+    let u = |k: &str| ch.get(k).and_then(Value::as_u64).unwrap_or(0);
+    let ago = |unix: u64| duration(now.saturating_sub(unix) as f64);
+    let tls = if ch.get("mutual").and_then(Value::as_bool).unwrap_or(false) {
+        "tls, mutual"
+    } else {
+        "tls"
+    };
+    if let Some(addr) = ch.get("listening").and_then(Value::as_str) {
+        let _ = writeln!(
+            out,
+            "channel:  listening on {addr} ({tls}), {} resync(s) served, {} handshake(s) refused",
+            u("resyncs_served"),
+            u("refused")
+        );
+    }
+    if let Some(addr) = ch.get("primary_addr").and_then(Value::as_str) {
+        match ch.get("last_resync").filter(|l| l.is_object()) {
+            Some(l) => {
+                let lu = |k: &str| l.get(k).and_then(Value::as_u64).unwrap_or(0);
+                let _ = writeln!(
+                    out,
+                    "channel:  last resync over TLS from {}, {} entries in {} ms, {} ago",
+                    l.get("from").and_then(Value::as_str).unwrap_or(addr),
+                    lu("entries"),
+                    lu("ms"),
+                    ago(lu("unix"))
+                );
+            }
+            None => {
+                let _ = writeln!(out, "channel:  no resync over TLS from {addr} yet ({tls})");
+            }
+        }
+    }
+    if let Some(e) = ch.get("last_error").filter(|e| e.is_object()) {
+        let _ = writeln!(
+            out,
+            "          last error {} ago: {}; {} fallback(s) to UDP",
+            ago(e.get("unix").and_then(Value::as_u64).unwrap_or(0)),
+            e.get("message").and_then(Value::as_str).unwrap_or("-"),
+            u("fallbacks")
+        );
+    }
 }
 
 fn duration(secs: f64) -> String {
@@ -251,6 +300,26 @@ sync:     in sync, 1 full sync(s), last 42.0s ago, 0 entries held for the peer
         assert!(text.contains("lost datagrams 9 (6 recovered)"), "{text}");
         assert!(
             text.contains("consistency: copy verified 2.0s ago, 1 repair(s)"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn renders_the_tls_channel() {
+        let v = json!({ "version": "0.1.0", "node_id": 2, "mode": "replica", "uptime_s": 1.0, "ha": null, "sync": { "enabled": false },
+            "channel": { "listening": "0.0.0.0:9000", "mutual": true, "primary_addr": "10.250.0.1:9000",
+                         "refused": 1, "resyncs_served": 0, "fallbacks": 1,
+                         "last_resync": { "via": "tls", "from": "10.250.0.1:9000", "entries": 20000, "ms": 850, "unix": 1_800_000_000u64 },
+                         "last_error": { "message": "connection refused", "unix": 1_800_000_030u64 } } });
+        let text = render_at(&v, 1_800_000_040);
+        assert!(
+            text.ends_with(
+                "\
+channel:  listening on 0.0.0.0:9000 (tls, mutual), 0 resync(s) served, 1 handshake(s) refused
+channel:  last resync over TLS from 10.250.0.1:9000, 20000 entries in 850 ms, 40.0s ago
+          last error 10.0s ago: connection refused; 1 fallback(s) to UDP
+"
+            ),
             "{text}"
         );
     }
