@@ -175,7 +175,13 @@ impl Default for SyncState {
             full_syncs: AtomicU64::new(0),
             entries_received: AtomicU64::new(0),
             served: AtomicU64::new(0),
-            next_id: AtomicU32::new(0),
+            // Random, not 0: the peer may still be answering the request our previous
+            // process made (same node id), and its RESYNC_DONE must not complete ours.
+            next_id: AtomicU32::new(getrandom::u32().unwrap_or_else(|_| {
+                SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.subsec_nanos())
+            })),
             complete: AtomicBool::new(false),
             complete_tx,
         }
