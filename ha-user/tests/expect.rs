@@ -831,3 +831,50 @@ fn agents_without_expect_sync_do_not() {
     drop(b);
     drop(a);
 }
+
+#[test]
+fn late_joiner_receives_expectations_in_the_bulk_resync() {
+    require_root!();
+    let lab = ftp_lab("exl");
+    let (fw_a, fw_b) = (&lab.fw_a.ns, &lab.fw_b.ns);
+    let extra = "      expect_sync = true\n";
+    let a = Agent::start(fw_a, "fw-a", &node_config("primary", SYNC_B, SECRET, extra));
+    let ftp = ftp_pasv(&lab);
+    let lines_a = wait_for(Duration::from_secs(5), "the expectation on fw-a", || {
+        let l = expect_lines(fw_a);
+        (!l.is_empty()).then_some(l)
+    })
+    .unwrap();
+    // fw-b starts after the expectation exists: only the bulk resync can bring it.
+    let b = Agent::start(fw_b, "fw-b", &node_config("replica", SYNC_A, SECRET, extra));
+    wait_metric(fw_b, "in_sync", "", 1.0, Duration::from_secs(15));
+    let lines_b = wait_for(Duration::from_secs(10), "the expectation on fw-b", || {
+        let l = expect_lines(fw_b);
+        (!l.is_empty()).then_some(l)
+    })
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}\nfw-a metrics:\n{}\nfw-a log:\n{}",
+            metrics(fw_a),
+            a.log_text()
+        )
+    });
+    assert_eq!(lines_a[0].1, lines_b[0].1, "{lines_a:?} vs {lines_b:?}");
+    wait_metric(
+        fw_a,
+        "expect_resync_sent_total",
+        "",
+        1.0,
+        Duration::from_secs(5),
+    );
+    // Its end follows like a live one's.
+    ftp.data_and_close(&lab);
+    wait_for(
+        Duration::from_secs(10),
+        "the expectation gone from fw-b",
+        || expect_lines(fw_b).is_empty().then_some(()),
+    )
+    .unwrap();
+    drop(b);
+    drop(a);
+}
