@@ -14,8 +14,12 @@
 //! the Receiver is polled for NACKs and resyncs; NACKs (and every received NACK
 //! payload) are served by one Sender, whose retransmission queue is checked.
 //!
-//! Checked beyond "no panic": a rejected datagram adds no changes; every decoded change
-//! re-encodes and decodes to itself; every accepted control message re-encodes to the
+//! DATA payloads go through the expectation-aware decoder (`handle_with_expects`,
+//! conntrack records mixed with expectation records, ops 4/5), and the raw path decodes
+//! them both ways (strict and mixed).
+//!
+//! Checked beyond "no panic": a rejected datagram adds no changes or expectations;
+//! every decoded change and expectation change re-encodes and decodes to itself; every accepted control message re-encodes to the
 //! exact payload bytes; the Sender's ready queue is consistent and every datagram in it
 //! verifies; given-up counts match what `poll_resync` reported; the window accounting
 //! (`lost - recovered - expired == missing`) holds.
@@ -26,7 +30,8 @@ use std::net::SocketAddr;
 use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
-use hasync::conntrack::Change;
+use hasync::conntrack::{Change, ExpectChange};
+use hasync::sync::wire::expect as xwire;
 use hasync::sync::wire::record::{decode_record, encode_record};
 use hasync::sync::wire::{
     self, BucketSet, Control, Datagram, HEADER_LEN, HeaderFields, MAX_RECORD_LEN, Message,
@@ -51,13 +56,38 @@ fn check_roundtrip(changes: &[Change]) {
     }
 }
 
+fn check_expect_roundtrip(changes: &[ExpectChange]) {
+    let mut buf = [0u8; xwire::MAX_EXPECT_RECORD_LEN];
+    for c in changes {
+        let n = xwire::encode(c, &mut buf).expect("decoded expectations re-encode");
+        let (d, m) = xwire::decode(&buf[..n]).expect("re-encoded expectations decode");
+        assert_eq!((&d, m), (c, n));
+    }
+}
+
 fn raw(bytes: &[u8]) {
     let mut out = Vec::new();
+    let mut xs = Vec::new();
     if let Ok(dg) = Datagram::parse(bytes)
         && let Ok(Message::Data(records)) = dg.message()
-        && records.decode_into(&mut out).is_ok()
     {
-        check_roundtrip(&out);
+        if records.decode_into(&mut out).is_ok() {
+            check_roundtrip(&out);
+        }
+        out.clear();
+        match records.decode_mixed_into(&mut out, &mut xs) {
+            Ok(n) => {
+                assert_eq!(n, out.len() + xs.len());
+                check_roundtrip(&out);
+                check_expect_roundtrip(&xs);
+            }
+            Err(_) => assert!(out.is_empty() && xs.is_empty()),
+        }
+    }
+    // The record decoder on its own, at every offset a record could start.
+    if let Ok((c, n)) = xwire::decode(bytes) {
+        assert!(n <= bytes.len());
+        check_expect_roundtrip(&[c]);
     }
 }
 
@@ -153,6 +183,7 @@ fuzz_target!(|data: &[u8]| {
     let mut asm = DigestAssembly::default();
     let src: SocketAddr = "192.0.2.1:4800".parse().unwrap_or_else(|_| unreachable!());
     let mut out: Vec<Change> = Vec::new();
+    let mut xs: Vec<ExpectChange> = Vec::new();
     let mut rest = data;
     let mut tick = 0u64;
     let mut reported = 0u64;
@@ -174,18 +205,22 @@ fuzz_target!(|data: &[u8]| {
         };
         tick += u64::from(ctl >> 1);
         let now = *T0 + Duration::from_millis(tick);
-        let before = out.len();
-        match r.handle(now, src, &datagram, &mut out) {
+        let (before, xbefore) = (out.len(), xs.len());
+        match r.handle_with_expects(now, src, &datagram, &mut out, &mut xs) {
             Ok(got) => {
                 if let Payload::Data { changes } = got.payload {
                     assert_eq!(out.len(), before + changes);
                     check_roundtrip(&out[before..]);
+                    check_expect_roundtrip(&xs[xbefore..]);
                     // Through the sender too: anything decoded can be re-sent.
                     for c in &out[before..] {
                         s.push(c).expect("decoded changes encode");
                     }
+                    for x in &xs[xbefore..] {
+                        s.push_expect(x).expect("decoded expectations encode");
+                    }
                 } else {
-                    assert_eq!(out.len(), before);
+                    assert_eq!((out.len(), xs.len()), (before, xbefore));
                 }
                 let dg = Datagram::parse(&datagram).expect("accepted datagrams parse");
                 check_reencode(dg.payload(), dg.header().count.get(), &got.payload);
@@ -203,7 +238,11 @@ fuzz_target!(|data: &[u8]| {
                     _ => {}
                 }
             }
-            Err(_) => assert_eq!(out.len(), before, "a rejected datagram adds nothing"),
+            Err(_) => assert_eq!(
+                (out.len(), xs.len()),
+                (before, xbefore),
+                "a rejected datagram adds nothing"
+            ),
         }
         // The receiver's timers: its NACKs are served by the sender (bounded loop: each
         // poll either returns ranges or stops being due).

@@ -8,6 +8,13 @@
 //!   the delete replicates too.
 //! * `installer_against_the_kernel`: IPv4/IPv6, zone, class (SIP audio), flags and
 //!   timeout round-trip through the kernel; EEXIST, ENOENT, unknown helpers.
+//! * `agents_replicate_expectations`: the same FTP exchange with agents on both
+//!   firewalls (`expect_sync = true`): the expectation appears on fw-b and goes away
+//!   there when the data connection consumes it on fw-a; the metrics count both.
+//! * `agents_without_expect_sync_do_not`: with `expect_sync = false` on fw-a, the
+//!   master replicates but the expectation never reaches fw-b.
+
+mod support;
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
@@ -27,9 +34,10 @@ use hasync::{
     },
     sync::wire::expect as wire,
 };
+use support::{Agent, metric, metrics, node_config, wait_metric};
 use testkit::{
     NetNs,
-    lab::{CLIENT_IP, Lab, LabOptions, SERVER_IP},
+    lab::{CLIENT_IP, Lab, LabOptions, SERVER_IP, SYNC_A, SYNC_B},
     wait_for,
 };
 
@@ -570,4 +578,303 @@ fn installer_against_the_kernel() {
         inst.ensure_master_helper(&missing, Zone::DEFAULT, &name),
         Err(libc::ENOENT)
     );
+}
+
+const SECRET: &str = "expectation-sync-test-secret";
+
+/// An FTP control connection from the client through fw-a, after PASV (so fw-a's
+/// helper created the expectation). Returns what the data connection and cleanup need.
+struct Ftp {
+    client: TcpStream,
+    reader: BufReader<TcpStream>,
+    server: thread::JoinHandle<()>,
+}
+
+fn ftp_pasv(lab: &Lab) -> Ftp {
+    let (ctl, data) = lab
+        .server
+        .enter(|| {
+            (
+                TcpListener::bind("0.0.0.0:21").unwrap(),
+                TcpListener::bind(("0.0.0.0", DATA_PORT)).unwrap(),
+            )
+        })
+        .unwrap();
+    let server = ftp_server(ctl, data);
+    let server_addr = SocketAddr::new(ip(SERVER_IP), 21);
+    let client = lab
+        .client
+        .enter(move || TcpStream::connect_timeout(&server_addr, Duration::from_secs(5)))
+        .unwrap()
+        .unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut reader = BufReader::new(client.try_clone().unwrap());
+    assert!(read_line(&mut reader).starts_with("220"));
+    (&client).write_all(b"PASV\r\n").unwrap();
+    let pasv = read_line(&mut reader);
+    assert!(pasv.starts_with("227"), "{pasv}");
+    Ftp {
+        client,
+        reader,
+        server,
+    }
+}
+
+impl Ftp {
+    /// Opens the data connection (it consumes the expectation on fw-a) and closes all.
+    fn data_and_close(self, lab: &Lab) {
+        let data_addr = SocketAddr::new(ip(SERVER_IP), DATA_PORT);
+        let mut d = lab
+            .client
+            .enter(move || TcpStream::connect_timeout(&data_addr, Duration::from_secs(5)))
+            .unwrap()
+            .unwrap();
+        d.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut hello = [0u8; 5];
+        d.read_exact(&mut hello).unwrap();
+        assert_eq!(&hello, b"hello");
+        drop(d);
+        drop(self.reader);
+        drop(self.client);
+        let _ = self.server.join();
+    }
+}
+
+fn agents(lab: &Lab, expect_a: bool, expect_b: bool) -> (Agent, Agent) {
+    let extra = |on: bool| format!("      expect_sync = {on}\n");
+    let a = Agent::start(
+        &lab.fw_a.ns,
+        "fw-a",
+        &node_config("primary", SYNC_B, SECRET, &extra(expect_a)),
+    );
+    let b = Agent::start(
+        &lab.fw_b.ns,
+        "fw-b",
+        &node_config("replica", SYNC_A, SECRET, &extra(expect_b)),
+    );
+    wait_metric(&lab.fw_b.ns, "in_sync", "", 1.0, Duration::from_secs(15));
+    (a, b)
+}
+
+fn ftp_lab(prefix: &str) -> Lab {
+    Lab::new(&LabOptions {
+        prefix: prefix.into(),
+        extra_nft: FTP_HELPER_NFT.into(),
+        ..LabOptions::default()
+    })
+    .unwrap()
+}
+
+#[test]
+fn agents_replicate_expectations() {
+    require_root!();
+    let lab = ftp_lab("exa");
+    let (fw_a, fw_b) = (&lab.fw_a.ns, &lab.fw_b.ns);
+    let (a, b) = agents(&lab, true, true);
+
+    let ftp = ftp_pasv(&lab);
+    let lines_a = wait_for(Duration::from_secs(5), "the expectation on fw-a", || {
+        let l = expect_lines(fw_a);
+        (!l.is_empty()).then_some(l)
+    })
+    .unwrap();
+    assert_eq!(lines_a.len(), 1, "{lines_a:?}");
+    // On fw-b: the same expectation (tuple, mask, master, helper, NAT), as the kernel
+    // shows it; the timeout within a few seconds of fw-a's.
+    let lines_b = wait_for(Duration::from_secs(10), "the expectation on fw-b", || {
+        let l = expect_lines(fw_b);
+        (!l.is_empty()).then_some(l)
+    })
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}\nfw-a metrics:\n{}\nfw-b metrics:\n{}\nfw-b log:\n{}",
+            metrics(fw_a),
+            metrics(fw_b),
+            b.log_text()
+        )
+    });
+    assert_eq!(lines_b.len(), 1, "{lines_b:?}");
+    assert_eq!(lines_a[0].1, lines_b[0].1, "{lines_a:?} vs {lines_b:?}");
+    assert!(
+        lines_a[0].0.abs_diff(lines_b[0].0) <= 3,
+        "{lines_a:?} vs {lines_b:?}"
+    );
+    let on_a = fw_a.enter(|| dump_expectations(None).unwrap()).unwrap();
+    let on_b = fw_b.enter(|| dump_expectations(None).unwrap()).unwrap();
+    assert_eq!((on_a.len(), on_b.len()), (1, 1), "{on_a:?} {on_b:?}");
+    let (xa, xb) = (on_a[0], on_b[0]);
+    assert_eq!(
+        (xa.tuple, xa.mask, xa.master, xa.helper, xa.class, xa.flags),
+        (xb.tuple, xb.mask, xb.master, xb.helper, xb.class, xb.flags)
+    );
+    assert_eq!((xa.nat, xa.expectfn), (xb.nat, xb.expectfn));
+    assert_eq!(xa.tuple.dport(), DATA_PORT);
+
+    // Counted on both sides; fw-b saw the echo of its own install and sent nothing.
+    let labels = |k: &str, v: &str| format!("{k}=\"{v}\"");
+    let t = Duration::from_secs(5);
+    wait_metric(
+        fw_a,
+        "expect_events_total",
+        &labels("action", "sent_new"),
+        1.0,
+        t,
+    );
+    wait_metric(fw_a, "sync_sent_expect_records_total", "", 1.0, t);
+    wait_metric(fw_b, "sync_received_expect_records_total", "", 1.0, t);
+    wait_metric(
+        fw_b,
+        "expect_installs_total",
+        &labels("result", "created"),
+        1.0,
+        t,
+    );
+    wait_metric(
+        fw_b,
+        "expect_events_total",
+        &labels("action", "own_install"),
+        1.0,
+        t,
+    );
+    let mb = metrics(fw_b);
+    assert_eq!(
+        metric(&mb, "expect_events_total", &labels("action", "sent_new")),
+        0.0,
+        "{mb}"
+    );
+    assert_eq!(
+        metric(
+            &mb,
+            "expect_install_failures_total",
+            &labels("reason", "ENOENT")
+        ),
+        0.0,
+        "{mb}"
+    );
+
+    // The data connection consumes it on fw-a: gone on fw-b too.
+    ftp.data_and_close(&lab);
+    assert!(expect_lines(fw_a).is_empty());
+    wait_for(
+        Duration::from_secs(10),
+        "the expectation gone from fw-b",
+        || expect_lines(fw_b).is_empty().then_some(()),
+    )
+    .unwrap();
+    wait_metric(
+        fw_a,
+        "expect_events_total",
+        &labels("action", "sent_delete"),
+        1.0,
+        t,
+    );
+    wait_metric(
+        fw_b,
+        "expect_installs_total",
+        &labels("result", "deleted"),
+        1.0,
+        t,
+    );
+    let ma = metrics(fw_a);
+    assert_eq!(
+        metric(&ma, "sync_rejected_total", &labels("reason", "malformed")),
+        0.0,
+        "{ma}"
+    );
+    // Nothing came back from fw-b.
+    assert_eq!(
+        metric(&ma, "sync_received_expect_records_total", ""),
+        0.0,
+        "{ma}"
+    );
+
+    let log_b = b.stop();
+    assert!(!log_b.contains("ERROR"), "{log_b}");
+    let log_a = a.stop();
+    assert!(!log_a.contains("ERROR"), "{log_a}");
+}
+
+#[test]
+fn agents_without_expect_sync_do_not() {
+    require_root!();
+    let lab = ftp_lab("exn");
+    let (fw_a, fw_b) = (&lab.fw_a.ns, &lab.fw_b.ns);
+    // fw-b could install them; fw-a does not send them.
+    let (a, b) = agents(&lab, false, true);
+    let ftp = ftp_pasv(&lab);
+    wait_for(Duration::from_secs(5), "the expectation on fw-a", || {
+        (!expect_lines(fw_a).is_empty()).then_some(())
+    })
+    .unwrap();
+    // The master replicates...
+    wait_for(Duration::from_secs(10), "the FTP master on fw-b", || {
+        let out = fw_b
+            .exec("conntrack", ["-L", "-p", "tcp", "--dport", "21"])
+            .ok()?;
+        String::from_utf8_lossy(&out.stdout)
+            .contains("dport=21")
+            .then_some(())
+    })
+    .unwrap();
+    // ...the expectation does not (give it the time the positive test needs).
+    thread::sleep(Duration::from_secs(2));
+    assert!(expect_lines(fw_b).is_empty(), "{:?}", expect_lines(fw_b));
+    let mb = metrics(fw_b);
+    assert_eq!(
+        metric(&mb, "sync_received_expect_records_total", ""),
+        0.0,
+        "{mb}"
+    );
+    ftp.data_and_close(&lab);
+    drop(b);
+    drop(a);
+}
+
+#[test]
+fn late_joiner_receives_expectations_in_the_bulk_resync() {
+    require_root!();
+    let lab = ftp_lab("exl");
+    let (fw_a, fw_b) = (&lab.fw_a.ns, &lab.fw_b.ns);
+    let extra = "      expect_sync = true\n";
+    let a = Agent::start(fw_a, "fw-a", &node_config("primary", SYNC_B, SECRET, extra));
+    let ftp = ftp_pasv(&lab);
+    let lines_a = wait_for(Duration::from_secs(5), "the expectation on fw-a", || {
+        let l = expect_lines(fw_a);
+        (!l.is_empty()).then_some(l)
+    })
+    .unwrap();
+    // fw-b starts after the expectation exists: only the bulk resync can bring it.
+    let b = Agent::start(fw_b, "fw-b", &node_config("replica", SYNC_A, SECRET, extra));
+    wait_metric(fw_b, "in_sync", "", 1.0, Duration::from_secs(15));
+    let lines_b = wait_for(Duration::from_secs(10), "the expectation on fw-b", || {
+        let l = expect_lines(fw_b);
+        (!l.is_empty()).then_some(l)
+    })
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}\nfw-a metrics:\n{}\nfw-a log:\n{}",
+            metrics(fw_a),
+            a.log_text()
+        )
+    });
+    assert_eq!(lines_a[0].1, lines_b[0].1, "{lines_a:?} vs {lines_b:?}");
+    wait_metric(
+        fw_a,
+        "expect_resync_sent_total",
+        "",
+        1.0,
+        Duration::from_secs(5),
+    );
+    // Its end follows like a live one's.
+    ftp.data_and_close(&lab);
+    wait_for(
+        Duration::from_secs(10),
+        "the expectation gone from fw-b",
+        || expect_lines(fw_b).is_empty().then_some(()),
+    )
+    .unwrap();
+    drop(b);
+    drop(a);
 }

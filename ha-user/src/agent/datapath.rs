@@ -27,7 +27,7 @@ use super::{
 use crate::{
     capture::Capture,
     config::schema::Config,
-    kernel::ctnetlink::{DestroyListener, Installer},
+    kernel::ctnetlink::{DestroyListener, ExpectInstaller, ExpectListener, Installer},
     metrics::Board,
     sync::{DigestKey, KeyRing, Receiver, ReceiverConfig, Sender, SenderConfig, SyncKey},
 };
@@ -101,6 +101,16 @@ impl DataPath {
         let installer = Installer::new()?;
         let installer_portid = installer.portid();
         let destroy = DestroyListener::new()?;
+        // Expectation sync: events out, installs in (both in this namespace).
+        let (expect, expect_installer) = if sync_cfg.expect_sync {
+            (Some(ExpectListener::new()?), Some(ExpectInstaller::new()?))
+        } else {
+            (None, None)
+        };
+        let expect_installer_portid = expect_installer
+            .as_ref()
+            .map(ExpectInstaller::portid)
+            .unwrap_or(0);
         let capture_cfg = settings::capture(sync_cfg)?;
         let filters = capture_cfg.filters.clone();
         let capture = Capture::start(&capture_cfg)?;
@@ -146,6 +156,8 @@ impl DataPath {
             socket: tx,
             dest: destination,
             installer_portid,
+            expect,
+            expect_installer_portid,
             replica: replica.clone(),
             board: board.clone(),
             stop: stop.clone(),
@@ -165,6 +177,7 @@ impl DataPath {
             socket: rx,
             receiver,
             installer,
+            expect_installer,
             replica: replica.clone(),
             board: board.clone(),
             stop: stop.clone(),

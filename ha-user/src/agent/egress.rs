@@ -25,14 +25,15 @@ use std::{
 use mio::{Events, Interest, Poll, Token, Waker, unix::SourceFd};
 
 use super::{
+    expectations::{Outbound, master_replicable},
     replica::ReplicaSet,
     resync::{self, EgressCmd, OwnedJob, Serving, SyncState},
     timer::Timer,
 };
 use crate::{
     capture::Capture,
-    conntrack::{Change, Entry},
-    kernel::ctnetlink::{self, DestroyListener, Recv},
+    conntrack::{Change, Entry, ExpectChange},
+    kernel::ctnetlink::{self, DestroyListener, ExpectListener, ExpectRecv, Recv},
     metrics::{Board, Sample},
     sync::{
         DEFAULT_BUCKETS, Digest, DigestKey, Sender, bucket_of, transport,
@@ -47,6 +48,7 @@ const TICK: Token = Token(3);
 pub const WAKE: Token = Token(4);
 const RESYNC: Token = Token(5);
 const DELAY: Token = Token(6);
+const EXPECT: Token = Token(7);
 
 /// Events read per drain round before the loop looks at its other sources.
 const DRAIN_BATCH: usize = 8192;
@@ -86,6 +88,11 @@ pub struct Egress {
     pub socket: UdpSocket,
     pub dest: SocketAddr,
     pub installer_portid: u32,
+    /// Expectation events (`expect_sync`; `None` when off).
+    pub expect: Option<ExpectListener>,
+    /// The expectation installer's port id: its expectation events are echoes of the
+    /// peer's, and its master repairs (delete + re-create) are not the peer's deletes.
+    pub expect_installer_portid: u32,
     pub replica: Arc<ReplicaSet>,
     pub board: Board,
     pub stop: Arc<AtomicBool>,
@@ -137,6 +144,9 @@ struct Loop {
     deferred: Vec<EgressCmd>,
     /// When waiting for the first bulk sync stops and what was found at start is ours.
     settle_by: Instant,
+    /// Expectations sent (so their ends follow) and what was done with their events.
+    expects: Outbound,
+    expect_events: Vec<ctnetlink::ExpectEvent>,
 }
 
 impl Egress {
@@ -161,6 +171,8 @@ impl Egress {
             last_send_error: None,
             deferred: Vec::new(),
             settle_by: Instant::now() + SETTLE_WITHIN,
+            expects: Outbound::default(),
+            expect_events: Vec::new(),
             e: self,
         };
         let sources = [
@@ -174,6 +186,10 @@ impl Egress {
         for (fd, token) in sources {
             poll.registry()
                 .register(&mut SourceFd(&fd), token, Interest::READABLE)?;
+        }
+        if let Some(x) = &l.e.expect {
+            poll.registry()
+                .register(&mut SourceFd(&x.as_raw_fd()), EXPECT, Interest::READABLE)?;
         }
         l.tick_timer.arm(TICK_EVERY)?;
         // Entries queued before we started listening.
@@ -194,6 +210,7 @@ impl Egress {
                         l.drain_capture();
                     }
                     DESTROY => l.on_destroy(),
+                    EXPECT => l.on_expect(),
                     TICK => {
                         l.tick_timer.ack();
                         l.on_tick();
@@ -352,12 +369,14 @@ impl Loop {
                     requester,
                     request_id,
                     entries,
+                    expects,
                 } => match entries {
                     Ok(entries) => {
                         tracing::info!(
                             requester,
                             request_id,
                             entries = entries.len(),
+                            expectations = expects.len(),
                             "resync: sending our table"
                         );
                         self.serving = Some(Serving {
@@ -367,6 +386,7 @@ impl Loop {
                             next: 0,
                             started: Instant::now(),
                             repair: None,
+                            expects,
                         });
                         self.dumping = false;
                         self.serve_chunk();
@@ -390,10 +410,26 @@ impl Loop {
         }
         self.serving = None;
         self.dumping = true;
-        let spawned = self.dump_in_background(move |entries| EgressCmd::Dumped {
-            requester,
-            request_id,
-            entries,
+        // Expectations go along only if the peer decodes them (checked again when
+        // they are sent).
+        let with_expects = self.e.expect.is_some() && self.peers_decode_expect();
+        let spawned = self.dump_in_background(move |entries| {
+            let expects = match (&entries, with_expects) {
+                (Ok(owned), true) => match ctnetlink::dump_expectations(None) {
+                    Ok(all) => resync::owned_expectations(all, owned),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "resync: dumping the expectations failed");
+                        Vec::new()
+                    }
+                },
+                _ => Vec::new(),
+            };
+            EgressCmd::Dumped {
+                requester,
+                request_id,
+                entries,
+                expects,
+            }
         });
         if let Err(e) = spawned {
             self.dumping = false;
@@ -433,6 +469,18 @@ impl Loop {
         };
         for change in serving.chunk() {
             let _ = self.e.sender.push(&change);
+        }
+        if serving.done() && !serving.expects.is_empty() {
+            // After every master; a handful per table, so all at once.
+            let now = Instant::now();
+            for x in std::mem::take(&mut serving.expects) {
+                if master_replicable(&x, &self.e.sync_peers, &self.e.filters)
+                    && self.e.sender.push_expect(&ExpectChange::Upsert(x)).is_ok()
+                {
+                    self.expects.remember(now, &x);
+                    self.expects.stats.resync_sent += 1;
+                }
+            }
         }
         if serving.done()
             && let Some(set) = serving.repair.take()
@@ -535,6 +583,7 @@ impl Loop {
                     next: 0,
                     started: Instant::now(),
                     repair: Some(set),
+                    expects: Vec::new(),
                 });
                 self.serve_chunk();
             }
@@ -569,7 +618,10 @@ impl Loop {
         loop {
             match self.e.destroy.recv() {
                 Ok(Recv::Destroyed(d)) => {
-                    if d.portid != 0 && d.portid == self.e.installer_portid {
+                    if d.portid != 0
+                        && (d.portid == self.e.installer_portid
+                            || d.portid == self.e.expect_installer_portid)
+                    {
                         self.stats.deletes_own += 1;
                     } else if self.e.replica.remove(&d.key) {
                         self.stats.deletes_replica += 1;
@@ -605,9 +657,62 @@ impl Loop {
         self.send_ready();
     }
 
+    fn peers_decode_expect(&self) -> bool {
+        self.e
+            .sync_state
+            .peers_decode_expect
+            .load(Ordering::Relaxed)
+    }
+
+    /// Expectation events: the helper's new expectations and their ends go to the peer.
+    fn on_expect(&mut self) {
+        // The master's creation may still sit in the ring buffer: it goes first.
+        self.drain_capture();
+        let Some(listener) = self.e.expect.as_mut() else {
+            return;
+        };
+        let mut events = std::mem::take(&mut self.expect_events);
+        loop {
+            match listener.recv() {
+                Ok(ExpectRecv::Event(ev)) => events.push(ev),
+                Ok(ExpectRecv::Overrun) => {
+                    self.expects.stats.overruns += 1;
+                    tracing::warn!(
+                        "expectation events were lost (netlink receive buffer overrun): the peer \
+                         misses them until the next bulk resync"
+                    );
+                }
+                Ok(ExpectRecv::Empty) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading expectation events");
+                    break;
+                }
+            }
+        }
+        let (now, ok) = (Instant::now(), self.peers_decode_expect());
+        for ev in events.drain(..) {
+            let send = self.expects.on_event(
+                now,
+                &ev,
+                self.e.expect_installer_portid,
+                ok,
+                &self.e.sync_peers,
+                &self.e.filters,
+            );
+            if let Some(change) = send {
+                tracing::debug!(?change, "expectation sync: sending");
+                let _ = self.e.sender.push_expect(&change);
+            }
+        }
+        self.expect_events = events;
+        self.e.sender.flush();
+        self.send_ready();
+    }
+
     fn on_tick(&mut self) {
         let now = Instant::now();
         self.settle(now);
+        self.expects.prune(now);
         if !self.e.consistency_check.is_zero()
             && now >= self.next_digest
             && !self.e.replica.unsettled()
@@ -891,6 +996,41 @@ impl Loop {
                 "New connections waiting for sync_delay",
                 q.len() as f64,
             ));
+        }
+        if self.e.expect.is_some() {
+            let x = &self.expects.stats;
+            let help = "Expectation events by what was done with them";
+            samples.extend([
+                Sample::counter("expect_events", help, x.sent_new).label("action", "sent_new"),
+                Sample::counter("expect_events", help, x.sent_delete)
+                    .label("action", "sent_delete"),
+                Sample::counter("expect_events", help, x.own_install)
+                    .label("action", "own_install"),
+                Sample::counter("expect_events", help, x.filtered).label("action", "filtered"),
+                Sample::counter("expect_events", help, x.not_ours).label("action", "not_ours"),
+                Sample::counter("expect_events", help, x.peer_unsupported)
+                    .label("action", "peer_unsupported"),
+                Sample::counter(
+                    "expect_resync_sent",
+                    "Expectations sent in bulk resyncs",
+                    x.resync_sent,
+                ),
+                Sample::counter(
+                    "expect_event_overruns",
+                    "Expectation-event socket overruns (events lost)",
+                    x.overruns,
+                ),
+                Sample::counter(
+                    "sync_sent_expect_records",
+                    "Expectation changes encoded into sync datagrams",
+                    tx.expect_records,
+                ),
+                Sample::gauge(
+                    "expect_owned",
+                    "Expectations sent to the peer and not ended yet",
+                    self.expects.owned() as f64,
+                ),
+            ]);
         }
         let ls = self.e.destroy.stats();
         samples.push(Sample::counter(

@@ -20,13 +20,14 @@ use mio::{Events, Interest, Poll, Token, Waker, unix::SourceFd};
 
 use super::{
     consistency::{self, Action, Consistency},
+    expectations::Inbound,
     replica::ReplicaSet,
     resync::{EgressCmd, SyncState},
     timer::Timer,
 };
 use crate::{
-    conntrack::Change,
-    kernel::ctnetlink::Installer,
+    conntrack::{Change, ExpectChange},
+    kernel::ctnetlink::{ExpectInstaller, Installer},
     metrics::{Board, Sample},
     sync::{BucketSet, NackRequest, Payload, PeerEvent, Receiver},
 };
@@ -44,6 +45,9 @@ pub struct Ingress {
     pub socket: UdpSocket,
     pub receiver: Receiver,
     pub installer: Installer,
+    /// Installs the peer's expectations (`expect_sync`; `None` when off: received
+    /// expectation records are counted and dropped).
+    pub expect_installer: Option<ExpectInstaller>,
     pub replica: Arc<ReplicaSet>,
     pub board: Board,
     pub stop: Arc<AtomicBool>,
@@ -112,6 +116,9 @@ struct Loop {
     i: Ingress,
     buf: Vec<u8>,
     changes: Vec<Change>,
+    /// Expectation changes of the batch, installed after `changes`.
+    expects: Vec<ExpectChange>,
+    inbound: Inbound,
     tick: Timer,
     /// Fires when the receiver's gap tracker has a NACK or a give-up due.
     nack_timer: Timer,
@@ -131,6 +138,8 @@ impl Ingress {
             i: self,
             buf: vec![0u8; 65536],
             changes: Vec::with_capacity(INSTALL_BATCH),
+            expects: Vec::new(),
+            inbound: Inbound::default(),
             tick: Timer::new()?,
             nack_timer: Timer::new()?,
             pending_done: None,
@@ -162,6 +171,8 @@ impl Ingress {
                     RX => l.receive(),
                     TICK => {
                         l.tick.ack();
+                        // Expectations waiting for their master.
+                        l.install_expects();
                         l.publish();
                         l.tick.arm(PUBLISH_EVERY)?;
                     }
@@ -188,11 +199,13 @@ impl Loop {
                 Ok((n, src)) => {
                     let now = Instant::now();
                     let before = self.changes.len();
-                    if let Ok(got) =
-                        self.i
-                            .receiver
-                            .handle(now, src, &self.buf[..n], &mut self.changes)
-                    {
+                    if let Ok(got) = self.i.receiver.handle_with_expects(
+                        now,
+                        src,
+                        &self.buf[..n],
+                        &mut self.changes,
+                        &mut self.expects,
+                    ) {
                         match got.peer_event {
                             PeerEvent::NewPeer => {
                                 tracing::info!(node = got.node, %src, "sync: first datagram from peer");
@@ -253,7 +266,14 @@ impl Loop {
                                     );
                                 }
                             }
-                            // ALIVE, HELLO and the rest only update the receiver's view.
+                            Payload::Hello { .. } => {
+                                let ok = self.i.receiver.peers_decode_expectations();
+                                self.i
+                                    .sync_state
+                                    .peers_decode_expect
+                                    .store(ok, Ordering::Relaxed);
+                            }
+                            // ALIVE and the rest only update the receiver's view.
                             _ => {}
                         }
                         let (key, replica, tx, waker) = (
@@ -444,6 +464,24 @@ impl Loop {
     }
 
     fn install(&mut self) {
+        self.install_changes();
+        // After the conntrack changes: an expectation needs its master.
+        self.install_expects();
+    }
+
+    fn install_expects(&mut self) {
+        match self.i.expect_installer.as_mut() {
+            Some(inst) => self
+                .inbound
+                .install(Instant::now(), inst, &mut self.expects),
+            None => {
+                self.inbound.stats.ignored += self.expects.len() as u64;
+                self.expects.clear();
+            }
+        }
+    }
+
+    fn install_changes(&mut self) {
         if self.changes.is_empty() {
             return;
         }
@@ -599,6 +637,57 @@ impl Loop {
                 self.consistency.last_consistent as f64,
             ),
         ]);
+        samples.push(Sample::counter(
+            "sync_received_expect_records",
+            "Expectation changes received from peers",
+            rx.expect_records,
+        ));
+        let xs = &self.inbound.stats;
+        samples.push(Sample::counter(
+            "expect_ignored",
+            "Expectation changes received while expect_sync is off here",
+            xs.ignored,
+        ));
+        if let Some(inst) = &self.i.expect_installer {
+            let t = inst.totals();
+            let help = "Replicated expectation changes applied to the kernel, by result";
+            samples.extend([
+                Sample::counter("expect_installs", help, t.created).label("result", "created"),
+                Sample::counter("expect_installs", help, t.existed).label("result", "existed"),
+                Sample::counter("expect_installs", help, t.deleted).label("result", "deleted"),
+                Sample::counter("expect_installs", help, t.delete_not_found)
+                    .label("result", "delete_not_found"),
+                Sample::counter(
+                    "expect_masters_repaired",
+                    "Masters re-created with their helper so an expectation could attach",
+                    t.masters_repaired,
+                ),
+                Sample::counter(
+                    "expect_install_retries",
+                    "Expectation creates retried because the master was not there yet",
+                    xs.retries,
+                ),
+                Sample::gauge(
+                    "expect_install_pending",
+                    "Expectation creates waiting for their master",
+                    self.inbound.pending() as f64,
+                ),
+            ]);
+            let failed = "Replicated expectation changes finally not applied, by reason";
+            samples.push(
+                Sample::counter(
+                    "expect_install_failures",
+                    failed,
+                    xs.failed.get("ENOENT").copied().unwrap_or(0),
+                )
+                .label("reason", "ENOENT"),
+            );
+            for (reason, n) in xs.failed.iter().filter(|(r, _)| **r != "ENOENT") {
+                samples.push(
+                    Sample::counter("expect_install_failures", failed, *n).label("reason", *reason),
+                );
+            }
+        }
         for kind in crate::sync::RejectKind::ALL {
             samples.push(
                 Sample::counter("sync_rejected", rejected, rx.rejects.get(kind))

@@ -14,6 +14,7 @@ pub mod control;
 pub mod datapath;
 pub mod delay;
 pub mod egress;
+pub mod expectations;
 pub mod ingress;
 pub mod replica;
 pub mod resync;

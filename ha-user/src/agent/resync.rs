@@ -19,7 +19,7 @@ use std::{
 use tokio::sync::watch;
 
 use crate::{
-    conntrack::{Change, Entry},
+    conntrack::{Change, Entry, Expectation},
     sync::wire::BucketSet,
 };
 
@@ -43,6 +43,8 @@ pub enum EgressCmd {
         requester: u32,
         request_id: u32,
         entries: Result<Vec<Entry>, String>,
+        /// Our expectations (`expect_sync`), sent after the entries.
+        expects: Vec<Expectation>,
     },
     /// Ask the peer to retransmit what we missed (from the receiver's gap tracker).
     SendNack(crate::sync::NackRequest),
@@ -96,6 +98,8 @@ pub struct Serving {
     pub started: Instant,
     /// `Some`: a repair of these buckets (ends with REPAIR_DONE), else a full resync.
     pub repair: Option<BucketSet>,
+    /// Expectations to send once the entries are out (their masters go first).
+    pub expects: Vec<Expectation>,
 }
 
 impl Serving {
@@ -114,6 +118,18 @@ impl Serving {
     pub fn done(&self) -> bool {
         self.next >= self.entries.len()
     }
+}
+
+/// The expectations of a dump whose master this node owns (is in `owned`): the
+/// peer's own are not sent back.
+pub fn owned_expectations(all: Vec<Expectation>, owned: &[Entry]) -> Vec<Expectation> {
+    if all.is_empty() {
+        return all;
+    }
+    let masters: std::collections::HashSet<_> = owned.iter().map(|e| e.orig).collect();
+    all.into_iter()
+        .filter(|x| masters.contains(&x.master))
+        .collect()
 }
 
 /// What this node owns of a table dump, i.e. what a resync, a digest or a repair
@@ -153,6 +169,8 @@ pub struct SyncState {
     /// Datagrams given up so far, kept by ingress.
     pub given_up_now: AtomicU64,
     requested_at: Mutex<Option<Instant>>,
+    /// Every peer that sent a HELLO decodes expectation records (kept by ingress).
+    pub peers_decode_expect: AtomicBool,
     /// Unix seconds of the last completed full sync, 0 = never.
     pub last_full_sync: AtomicU64,
     pub full_syncs: AtomicU64,
@@ -171,6 +189,7 @@ impl Default for SyncState {
             given_up_at_request: AtomicU64::new(0),
             given_up_now: AtomicU64::new(0),
             requested_at: Mutex::new(None),
+            peers_decode_expect: AtomicBool::new(false),
             last_full_sync: AtomicU64::new(0),
             full_syncs: AtomicU64::new(0),
             entries_received: AtomicU64::new(0),
@@ -303,6 +322,7 @@ mod tests {
             next: 0,
             started: Instant::now(),
             repair: None,
+            expects: Vec::new(),
         };
         let mut n = 0;
         while !s.done() {

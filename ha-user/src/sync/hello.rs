@@ -22,8 +22,14 @@ use super::wire::{Hello, VERSION};
 pub const MIN_VERSION: u8 = 1;
 /// Newest protocol version this build speaks.
 pub const MAX_VERSION: u8 = VERSION;
-/// Feature bits this build offers (none defined in v1).
-pub const FEATURES: u32 = 0;
+/// The peer decodes expectation records (ops 4/5, `wire::expect`) in DATA payloads.
+/// A receiver without it rejects such a datagram whole (unknown record op), so a
+/// sender puts expectation records on the wire only once every peer that sent a
+/// HELLO agreed to this bit.
+pub const FEATURE_EXPECT: u32 = 1 << 0;
+/// Feature bits this build offers. Advertised whatever the local configuration: a node
+/// with `expect_sync = false` still decodes expectation records (and ignores them).
+pub const FEATURES: u32 = FEATURE_EXPECT;
 
 /// This build's HELLO.
 pub fn ours() -> Hello {
@@ -109,7 +115,7 @@ mod tests {
             negotiate(&ours(), &ours()),
             Ok(Agreed {
                 version: 1,
-                features: 0
+                features: FEATURE_EXPECT
             })
         );
         // A future v3 build (speaking 1..=3) with a v1 build: they agree on 1.

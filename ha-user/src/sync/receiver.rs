@@ -36,7 +36,7 @@ use super::wire::{
     self, Alive, Datagram, DigestChunk, DigestRequest, Hello, Message, MsgType, Nack, RepairDone,
     RepairRequest, ResyncDone, ResyncRequest,
 };
-use crate::conntrack::Change;
+use crate::conntrack::{Change, ExpectChange};
 
 pub const DEFAULT_MAX_PEERS: usize = 32;
 /// Retired epochs remembered per peer.
@@ -375,7 +375,9 @@ impl Receiver {
 
     /// Processes one datagram from `src`. On success DATA changes have been appended to
     /// `changes`; on rejection `changes` is untouched. Rejections are counted and
-    /// logged (rate-limited).
+    /// logged (rate-limited). Expectation records are refused as malformed here (what
+    /// a build without [`hello::FEATURE_EXPECT`] does); see
+    /// [`handle_with_expects`](Self::handle_with_expects).
     pub fn handle<'a>(
         &mut self,
         now: Instant,
@@ -383,7 +385,47 @@ impl Receiver {
         datagram: &'a [u8],
         changes: &mut Vec<Change>,
     ) -> Result<Received<'a>, Reject> {
-        let res = self.handle_inner(now, src, datagram, changes);
+        self.handle_checked(now, src, datagram, changes, None)
+    }
+
+    /// Like [`handle`](Self::handle), and expectation records of DATA datagrams are
+    /// appended to `expects` (after `changes` on the caller's side: an expectation
+    /// needs its master). On rejection neither vector is touched.
+    pub fn handle_with_expects<'a>(
+        &mut self,
+        now: Instant,
+        src: SocketAddr,
+        datagram: &'a [u8],
+        changes: &mut Vec<Change>,
+        expects: &mut Vec<ExpectChange>,
+    ) -> Result<Received<'a>, Reject> {
+        self.handle_checked(now, src, datagram, changes, Some(expects))
+    }
+
+    /// Whether expectation records may go on the wire: some peer agreed a version by
+    /// HELLO, and every peer that did offers [`hello::FEATURE_EXPECT`] (one that does
+    /// not would reject whole datagrams).
+    pub fn peers_decode_expectations(&self) -> bool {
+        let mut agreed = self.peers.iter().filter_map(|p| match p.version {
+            PeerVersion::Agreed(a) => Some(a),
+            _ => None,
+        });
+        let mut any = false;
+        agreed.all(|a| {
+            any = true;
+            a.features & hello::FEATURE_EXPECT != 0
+        }) && any
+    }
+
+    fn handle_checked<'a>(
+        &mut self,
+        now: Instant,
+        src: SocketAddr,
+        datagram: &'a [u8],
+        changes: &mut Vec<Change>,
+        expects: Option<&mut Vec<ExpectChange>>,
+    ) -> Result<Received<'a>, Reject> {
+        let res = self.handle_inner(now, src, datagram, changes, expects);
         if let Err(r) = &res {
             let kind = r.kind();
             self.stats.rejects.bump(kind);
@@ -412,6 +454,7 @@ impl Receiver {
         src: SocketAddr,
         datagram: &'a [u8],
         changes: &mut Vec<Change>,
+        expects: Option<&mut Vec<ExpectChange>>,
     ) -> Result<Received<'a>, Reject> {
         let dg = Datagram::parse(datagram)?;
         let (node, epoch, seq) = (dg.node(), dg.epoch(), dg.seq());
@@ -484,9 +527,19 @@ impl Receiver {
 
         let payload = match dg.message()? {
             Message::Data(records) => {
-                let n = records.decode_into(changes).map_err(wire::malformed)?;
-                p.stats.records += n as u64;
-                st.records += n as u64;
+                let (n, x) = match expects {
+                    Some(expects) => {
+                        let (before, xbefore) = (changes.len(), expects.len());
+                        records
+                            .decode_mixed_into(changes, expects)
+                            .map_err(wire::malformed)?;
+                        (changes.len() - before, expects.len() - xbefore)
+                    }
+                    None => (records.decode_into(changes).map_err(wire::malformed)?, 0),
+                };
+                p.stats.records += (n + x) as u64;
+                st.records += (n + x) as u64;
+                st.expect_records += x as u64;
                 Payload::Data { changes: n }
             }
             Message::Alive(a) => {
@@ -651,6 +704,76 @@ mod tests {
         let d = s.ready().last().unwrap().to_vec();
         s.mark_sent(usize::MAX);
         d
+    }
+
+    fn ftp_expect() -> crate::conntrack::Expectation {
+        use crate::conntrack::{ExpectMask, Expectation, Family, HelperName, Tuple, Zone, proto};
+        let ip = |s: &str| s.parse().unwrap();
+        Expectation {
+            master: Tuple::new(proto::TCP, ip("10.0.0.1"), 40000, ip("10.0.0.2"), 21),
+            tuple: Tuple::new(proto::TCP, ip("10.0.0.1"), 0, ip("10.0.0.2"), 50000),
+            mask: ExpectMask::any_port(Family::V4),
+            zone: Zone::DEFAULT,
+            timeout: 300,
+            flags: 0,
+            class: 0,
+            helper: HelperName::new("ftp"),
+            expectfn: None,
+            nat: None,
+        }
+    }
+
+    #[test]
+    fn expectation_records_share_data_datagrams() {
+        let t = Instant::now();
+        let mut s = sender(1, 7, key("k"), t);
+        let mut r = receiver(KeyRing::new(key("k"), None));
+        let e = ftp_expect();
+        s.push(&upsert()).unwrap();
+        s.push_expect(&ExpectChange::Upsert(e)).unwrap();
+        s.push_expect(&ExpectChange::Delete(e.key())).unwrap();
+        let d = data(&mut s, 1);
+        assert_eq!(s.stats().expect_records, 2);
+        let (mut out, mut xs) = (Vec::new(), Vec::new());
+        let got = r
+            .handle_with_expects(t, src(), &d, &mut out, &mut xs)
+            .unwrap();
+        assert_eq!(got.payload, Payload::Data { changes: 2 });
+        assert_eq!(out, vec![upsert(); 2]);
+        assert_eq!(
+            xs,
+            vec![ExpectChange::Upsert(e), ExpectChange::Delete(e.key())]
+        );
+        assert_eq!((r.stats().records, r.stats().expect_records), (4, 2));
+
+        // A receiver without the feature (plain `handle`) refuses the whole datagram.
+        let mut old = receiver(KeyRing::new(key("k"), None));
+        let mut out = Vec::new();
+        assert!(matches!(
+            old.handle(t, src(), &d, &mut out),
+            Err(Reject::Malformed { .. })
+        ));
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn expectations_go_out_only_to_peers_that_decode_them() {
+        let t = Instant::now();
+        let mut r = receiver(KeyRing::new(key("k"), None));
+        assert!(!r.peers_decode_expectations(), "no peer known yet");
+        let hello = |node: u32, features: u32| {
+            let mut cfg = SenderConfig::new(node, 7);
+            cfg.hello.features = features;
+            let mut s = Sender::new(cfg, key("k"), t).unwrap();
+            s.queue_hello();
+            s.ready().last().unwrap().to_vec()
+        };
+        let mut out = Vec::new();
+        r.handle(t, src(), &hello(1, hello::FEATURES), &mut out)
+            .unwrap();
+        assert!(r.peers_decode_expectations());
+        r.handle(t, src(), &hello(2, 0), &mut out).unwrap();
+        assert!(!r.peers_decode_expectations(), "node 2 would reject them");
     }
 
     #[test]

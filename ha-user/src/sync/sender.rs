@@ -33,9 +33,10 @@ use super::hello;
 use super::nack::NackRequest;
 use super::resend::{Budgets, DEFAULT_RESEND_HOLD_OFF, DEFAULT_RESEND_RATE, NackOutcome};
 use super::stats::SenderStats;
+use super::wire::expect::{self, ExpectEncodeError};
 use super::wire::record::{self, EncodeError, MIN_RECORD_LEN};
 use super::wire::{Alive, Control, HEADER_LEN, HeaderFields, Hello, MAX_DATAGRAM, MsgType};
-use crate::conntrack::Change;
+use crate::conntrack::{Change, ExpectChange};
 
 /// Default datagram size: a 1500-byte MTU minus IPv4 and UDP headers.
 pub const DEFAULT_MAX_DATAGRAM: usize = 1472;
@@ -317,6 +318,39 @@ impl Sender {
         self.open_end += n;
         self.open_count += 1;
         self.stats.records += 1;
+        if self.open_end + MIN_RECORD_LEN + TAG_LEN > self.max {
+            self.seal_data();
+        }
+        Ok(())
+    }
+
+    /// Adds one expectation change to the open DATA datagram, batched like
+    /// [`push`](Self::push) (records of both kinds share datagrams). Only for peers
+    /// that agreed to [`hello::FEATURE_EXPECT`]: others reject the whole datagram.
+    pub fn push_expect(&mut self, change: &ExpectChange) -> Result<(), ExpectEncodeError> {
+        let len = match expect::plan(change) {
+            Ok((_, _, len)) => len,
+            Err(e) => {
+                self.stats.encode_errors += 1;
+                return Err(e);
+            }
+        };
+        if self.open_end != 0
+            && (self.open_end + len + TAG_LEN > self.max || self.open_count == u16::MAX)
+        {
+            self.seal_data();
+        }
+        if self.open_end == 0 {
+            self.open_slot();
+            self.open_end = HEADER_LEN;
+        }
+        let idx = self.index(self.next_seq);
+        let start = self.open_end;
+        let n = expect::encode(change, &mut self.slots[idx].buf[start..])?;
+        self.open_end += n;
+        self.open_count += 1;
+        self.stats.records += 1;
+        self.stats.expect_records += 1;
         if self.open_end + MIN_RECORD_LEN + TAG_LEN > self.max {
             self.seal_data();
         }

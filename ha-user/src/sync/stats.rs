@@ -21,6 +21,8 @@ pub struct SenderStats {
     pub controls: u64,
     /// Changes refused by the encoder (inconsistent tuples: a capture bug).
     pub encode_errors: u64,
+    /// Expectation records encoded (also counted in `records`).
+    pub expect_records: u64,
     /// Sealed datagrams overwritten before the driver took them (driver too slow).
     pub overruns: u64,
     /// NACKs for this sender served / ignored (for another node or epoch).
@@ -105,6 +107,8 @@ pub struct ReceiverStats {
     pub bytes: u64,
     /// Changes delivered.
     pub records: u64,
+    /// Expectation records among `records`.
+    pub expect_records: u64,
     pub alives: u64,
     /// Sequences skipped (datagrams presumed lost when detected).
     pub lost: u64,

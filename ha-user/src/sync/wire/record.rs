@@ -30,7 +30,7 @@
 //! IPv4 addresses occupy the first 4 bytes of `Tuple::src`/`dst`; the encoder sends only
 //! those (the model keeps the other 12 zero) and the decoder zero-fills them.
 
-use crate::conntrack::{Change, Entry, Family, Key, ProtoInfo, Tuple, Zone};
+use crate::conntrack::{Change, Entry, ExpectChange, Family, Key, ProtoInfo, Tuple, Zone};
 
 pub const OP_UPSERT_NEW: u8 = 1;
 pub const OP_UPSERT: u8 = 2;
@@ -460,17 +460,54 @@ impl<'a> Records<'a> {
         res
     }
 
+    /// Like [`decode_into`](Self::decode_into), but expectation records
+    /// ([`expect`](super::expect), ops 4/5) are accepted too and appended to `expects`.
+    /// Returns the number of records of both kinds; on error both vectors are left as
+    /// they were.
+    pub fn decode_mixed_into(
+        &self,
+        out: &mut Vec<Change>,
+        expects: &mut Vec<ExpectChange>,
+    ) -> Result<usize, PayloadError> {
+        let (start, xstart) = (out.len(), expects.len());
+        let res = self.decode_walk(out, Some(expects));
+        if res.is_err() {
+            out.truncate(start);
+            expects.truncate(xstart);
+        }
+        res
+    }
+
     fn decode_all(&self, out: &mut Vec<Change>) -> Result<usize, PayloadError> {
+        self.decode_walk(out, None)
+    }
+
+    fn decode_walk(
+        &self,
+        out: &mut Vec<Change>,
+        mut expects: Option<&mut Vec<ExpectChange>>,
+    ) -> Result<usize, PayloadError> {
         // The count is only trusted as far as the payload could hold that many records.
         out.reserve(self.len().min(self.payload.len() / MIN_RECORD_LEN));
         let mut pos = 0;
         for _ in 0..self.count {
             let rest = self.payload.get(pos..).unwrap_or_default();
-            let (change, len) = decode_record(rest).map_err(|e| PayloadError {
+            let at = |e: PayloadError| PayloadError {
                 offset: pos + e.offset,
                 what: e.what,
-            })?;
-            out.push(change);
+            };
+            let len = match (rest.first(), expects.as_deref_mut()) {
+                (Some(&op), Some(x)) if super::expect::is_expect_op(op) => {
+                    let (change, len) = super::expect::decode(rest).map_err(at)?;
+                    x.push(change);
+                    len
+                }
+                _ => {
+                    let (change, len) = decode_record(rest).map_err(at)?;
+                    out.push(change);
+                    len
+                }
+            };
             pos += len;
         }
         if pos != self.payload.len() {
