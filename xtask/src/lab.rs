@@ -489,6 +489,9 @@ impl Traffic {
                     match short.accept() {
                         Ok((mut s, _)) => {
                             let _ = s.set_nonblocking(false);
+                            // A connection cut by the failover must not hang this thread.
+                            let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+                            let _ = s.set_write_timeout(Some(Duration::from_secs(1)));
                             let mut buf = [0u8; 8];
                             let _ = s.read(&mut buf);
                             let _ = s.write_all(b"pong");
@@ -519,13 +522,25 @@ impl Traffic {
             }));
         }
         {
-            let (reads, err) = (stream_reads.clone(), stream_error.clone());
+            let (reads, err, stop) = (stream_reads.clone(), stream_error.clone(), stop.clone());
             threads.push(thread::spawn(move || {
-                let Ok((mut s, _)) = long.accept() else {
-                    return;
+                // Non-blocking accept: the client may never connect.
+                let _ = long.set_nonblocking(true);
+                let mut s = loop {
+                    match long.accept() {
+                        Ok((s, _)) => break s,
+                        Err(_) if !stop.load(Ordering::Relaxed) => {
+                            thread::sleep(Duration::from_millis(10))
+                        }
+                        Err(_) => return,
+                    }
                 };
-                let _ = s.set_read_timeout(Some(Duration::from_secs(60)));
+                let _ = s.set_nonblocking(false);
+                let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
                 let mut buf = [0u8; 4096];
+                // After the stop, the client's FIN normally ends the stream; a broken
+                // one (no FIN will come) is given 5 s.
+                let mut idle_after_stop = 0;
                 loop {
                     match s.read(&mut buf) {
                         Ok(0) => return,
@@ -533,6 +548,19 @@ impl Traffic {
                             .lock()
                             .map(|mut r| r.push((Instant::now(), n)))
                             .unwrap_or(()),
+                        Err(e)
+                            if matches!(
+                                e.kind(),
+                                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                            ) =>
+                        {
+                            if stop.load(Ordering::Relaxed) {
+                                idle_after_stop += 1;
+                                if idle_after_stop >= 10 {
+                                    return;
+                                }
+                            }
+                        }
                         Err(e) => {
                             if let Ok(mut slot) = err.lock() {
                                 *slot = Some(e.to_string());

@@ -286,13 +286,20 @@ mod tests {
         }
     }
 
-    fn recv_one(sock: &UdpSocket) -> Vec<u8> {
-        sock.set_nonblocking(false).unwrap();
-        sock.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+    /// Sends `msg` until `rx` gets it (a fresh veth may drop the first datagrams
+    /// while its link comes up on a loaded machine) and returns what arrived.
+    fn deliver(tx: &UdpSocket, dest: std::net::SocketAddr, rx: &UdpSocket, msg: &[u8]) -> Vec<u8> {
+        rx.set_nonblocking(false).unwrap();
+        rx.set_read_timeout(Some(std::time::Duration::from_millis(200)))
             .unwrap();
         let mut buf = [0u8; 2048];
-        let (n, _) = sock.recv_from(&mut buf).unwrap();
-        buf[..n].to_vec()
+        for _ in 0..50 {
+            tx.send_to(msg, dest).unwrap();
+            if let Ok((n, _)) = rx.recv_from(&mut buf) {
+                return buf[..n].to_vec();
+            }
+        }
+        panic!("nothing arrived in 10 s");
     }
 
     #[test]
@@ -310,8 +317,7 @@ mod tests {
             .enter(|| cfg(group, "10.82.0.2").open_sender().unwrap())
             .unwrap();
         let dest = cfg(group, "10.82.0.2").destination().unwrap();
-        tx_a.send_to(b"hello", dest).unwrap();
-        assert_eq!(recv_one(&rx_b), b"hello");
+        assert_eq!(deliver(&tx_a, dest, &rx_b, b"hello"), b"hello");
         let mut buf = [0u8; 16];
         std::thread::sleep(std::time::Duration::from_millis(100));
         assert!(rx_a.recv_from(&mut buf).is_err(), "no multicast loopback");
@@ -327,9 +333,8 @@ mod tests {
         let tx_a = a
             .enter(|| cfg(None, "10.83.0.2").open_sender().unwrap())
             .unwrap();
-        tx_a.send_to(b"uni", cfg(None, "10.83.0.2").destination().unwrap())
-            .unwrap();
-        assert_eq!(recv_one(&rx_b), b"uni");
+        let dest = cfg(None, "10.83.0.2").destination().unwrap();
+        assert_eq!(deliver(&tx_a, dest, &rx_b, b"uni"), b"uni");
     }
 
     #[test]

@@ -216,10 +216,23 @@ pub fn failover(args: &LabArgs) -> Result<FailoverOutcome> {
     .map_err(anyhow::Error::msg)?;
     // Let fw-a's notify script (commit, flush, resync, bulk) finish first.
     thread::sleep(Duration::from_millis(500));
+    if holds_vip(&lab.fw_b) {
+        let log = fs::read_to_string(dir.join("keepalived-b.log")).unwrap_or_default();
+        bail!("fw-b holds the VIP too: it does not hear fw-a's VRRP advertisements\n{log}");
+    }
     let traffic = Traffic::start(&lab, args.rate)?;
     let half = Duration::from_secs(args.duration.max(4)) / 2;
     thread::sleep(half);
+    // keepalived's VRRP child resigns (sends priority 0) when its parent dies
+    // gracefully: a crash kills both at once, so the peer has to time fw-a out.
+    let vrrp_child = fs::read_to_string(dir.join("vrrp-a.pid"))
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok());
     let killed = Instant::now();
+    if let Some(pid) = vrrp_child {
+        // SAFETY: plain kill(2) of a process this run started.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
     for p in [&mut a.keepalived, &mut a.conntrackd] {
         p.signal(libc::SIGKILL);
         let _ = p.wait_timeout(Duration::from_secs(5));
