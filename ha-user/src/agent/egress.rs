@@ -73,6 +73,8 @@ struct Stats {
     deletes_filtered: u64,
     digests_sent: u64,
     repairs_served: u64,
+    /// Entries re-sent in bulk resyncs and bucket repairs (not live changes).
+    resync_records: u64,
     destroy_overruns: u64,
     send_errors: u64,
     send_blocked: u64,
@@ -469,6 +471,7 @@ impl Loop {
         };
         for change in serving.chunk() {
             let _ = self.e.sender.push(&change);
+            self.stats.resync_records += 1;
         }
         if serving.done() && !serving.expects.is_empty() {
             // After every master; a handful per table, so all at once.
@@ -946,6 +949,11 @@ impl Loop {
                 "consistency_repairs_served",
                 "Bucket repairs the peer asked of us",
                 s.repairs_served,
+            ),
+            Sample::counter(
+                "sync_resync_records_sent",
+                "Entries re-sent to the peer in bulk resyncs and bucket repairs (part of sync_sent_records)",
+                s.resync_records,
             ),
             Sample::counter(
                 "capture_drain_rounds",
