@@ -26,7 +26,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, ValueEnum};
 
-use measure::{Ctx, ceiling, failover, install, latency as lat, overhead, resources};
+use measure::{Ctx, auth, ceiling, failover, install, latency as lat, overhead, resources};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Part {
@@ -36,6 +36,7 @@ enum Part {
     Resources,
     Install,
     Failover,
+    Auth,
 }
 
 #[derive(Parser)]
@@ -110,6 +111,7 @@ fn run() -> Result<()> {
         (Part::Resources, resources::steps(q)),
         (Part::Install, install::steps(q)),
         (Part::Failover, failover::steps(q)),
+        (Part::Auth, auth::steps(q)),
     ]
     .iter()
     .filter(|(p, _)| want(*p))
@@ -148,6 +150,9 @@ fn run() -> Result<()> {
     }
     if want(Part::Failover) {
         results.failover = Some(failover::run(&mut ctx)?);
+    }
+    if want(Part::Auth) {
+        results.auth = Some(auth::run(&mut ctx)?);
     }
     ctx.overall.finish_and_clear();
 

@@ -1,6 +1,7 @@
 //! The measurements and what they share: the run context (mode, repetitions, progress
 //! bars, log), a trial (fresh lab + agents), and waiting for the backup to catch up.
 
+pub mod auth;
 pub mod ceiling;
 pub mod failover;
 pub mod install;
