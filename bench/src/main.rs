@@ -26,7 +26,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, ValueEnum};
 
-use measure::{Ctx, auth, ceiling, failover, install, latency as lat, overhead, resources};
+use measure::{Ctx, auth, ceiling, failover, install, latency as lat, outage, overhead, resources};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Part {
@@ -37,6 +37,7 @@ enum Part {
     Install,
     Failover,
     Auth,
+    Outage,
 }
 
 #[derive(Parser)]
@@ -112,6 +113,7 @@ fn run() -> Result<()> {
         (Part::Install, install::steps(q)),
         (Part::Failover, failover::steps(q)),
         (Part::Auth, auth::steps(q)),
+        (Part::Outage, outage::steps(q)),
     ]
     .iter()
     .filter(|(p, _)| want(*p))
@@ -153,6 +155,9 @@ fn run() -> Result<()> {
     }
     if want(Part::Auth) {
         results.auth = Some(auth::run(&mut ctx)?);
+    }
+    if want(Part::Outage) {
+        results.outage = Some(outage::run(&mut ctx)?);
     }
     ctx.overall.finish_and_clear();
 

@@ -27,6 +27,7 @@ pub struct Results {
     pub install: Option<InstallResult>,
     pub failover: Option<crate::measure::failover::FailoverResult>,
     pub auth: Option<crate::measure::auth::AuthResult>,
+    pub outage: Option<crate::measure::outage::OutageResult>,
 }
 
 pub struct Meta {
@@ -879,6 +880,47 @@ pub fn markdown(r: &Results, m: &Meta) -> (String, Option<String>) {
                 per_k(s.verify_ns.median())
             );
         }
+        md.push('\n');
+    }
+
+    if let Some(o) = &r.outage {
+        md.push_str(
+            "## 8. Recovery after a 1-second sync-link outage\n\n\
+             50,000 new UDP flows/s for 3 s through fw-a; from 1 s to 2 s fw-b's end of the sync link \
+             is down. Recovery = from the link coming back until the backup holds every flow fw-a \
+             created (hasync: fw-b's kernel, by tuple; conntrackd: its external cache, by count), \
+             while the last second of traffic still comes in. Given up 60 s after the link came back.\n\n",
+        );
+        let get = |sys: System| o.systems.iter().find(|(s, _)| *s == sys).map(|(_, v)| v);
+        let (h, d, t) = (get(S_H), get(S_D), get(S_T));
+        let mut tb = Table::new(&SYNC_COLS);
+        tb.row(&[
+            "recovery after the link is back, s".into(),
+            cell(h.map(|v| &v.recovery_s), 1.0, 2),
+            cell(d.map(|v| &v.recovery_s), 1.0, 2),
+            cell(t.map(|v| &v.recovery_s), 1.0, 2),
+            ratio(h.map(|v| &v.recovery_s), d.map(|v| &v.recovery_s)),
+            ratio(h.map(|v| &v.recovery_s), t.map(|v| &v.recovery_s)),
+        ]);
+        let recovered = |v: Option<&crate::measure::outage::SystemOutage>| {
+            v.map_or("—".into(), |v| {
+                format!(
+                    "{} of {} (missing: {:?})",
+                    v.missing.iter().filter(|m| **m == 0).count(),
+                    v.reps,
+                    v.missing
+                )
+            })
+        };
+        tb.row(&[
+            "runs that recovered every entry".into(),
+            recovered(h),
+            recovered(d),
+            recovered(t),
+            String::new(),
+            String::new(),
+        ]);
+        md.push_str(&tb.out);
         md.push('\n');
     }
 

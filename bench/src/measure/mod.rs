@@ -6,6 +6,7 @@ pub mod ceiling;
 pub mod failover;
 pub mod install;
 pub mod latency;
+pub mod outage;
 pub mod overhead;
 pub mod resources;
 
