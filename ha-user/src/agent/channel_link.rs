@@ -33,8 +33,6 @@ use crate::{
     metrics::{Board, Sample},
 };
 
-/// How often the table source looks again while entries found at start are unclaimed.
-const SETTLE_POLL: Duration = Duration::from_millis(100);
 /// After a failed attempt, retries of the same request skip the channel for this long
 /// (the UDP request is already out; a dead listener should not delay it each time).
 const RETRY_CHANNEL_AFTER: Duration = Duration::from_secs(30);
@@ -164,11 +162,10 @@ impl ChannelLink {
         if let Ok(mut r) = self.report.lock() {
             r.listening = Some(server.local_addr());
         }
-        let wait = self.opts.dump_timeout;
         let source = Arc::new(move |peer: PeerInfo| {
             let (replica, sync_peers, filters) =
                 (replica.clone(), sync_peers.clone(), filters.clone());
-            async move { owned_table(peer, replica, sync_peers, filters, wait).await }
+            async move { owned_table(peer, replica, sync_peers, filters).await }
         });
         Ok(Some(tokio::spawn(server.run(source))))
     }
@@ -341,25 +338,15 @@ fn send(ingress: &Barrier, cmd: IngressCmd) -> Result<(), LinkError> {
     Ok(())
 }
 
-/// What this node owns, as the UDP bulk resync serves it. While entries found at start
-/// are unclaimed what we own is unknown: wait for the first bulk sync (the egress
-/// thread settles within seconds anyway) rather than serve a wrong table.
+/// What this node owns, as the UDP bulk resync serves it. Entries found at start that
+/// are still unclaimed are left out (a resync only adds, so the peer loses nothing);
+/// waiting for them to settle could wait for the peer, which may wait for us.
 async fn owned_table(
     peer: PeerInfo,
     replica: Arc<ReplicaSet>,
     sync_peers: Vec<IpAddr>,
     filters: Vec<ha_common::FilterRule>,
-    wait: Duration,
 ) -> Result<Vec<crate::conntrack::Entry>, String> {
-    let deadline = Instant::now() + wait;
-    while replica.unsettled() {
-        if Instant::now() >= deadline {
-            return Err(
-                "this node's table is not settled yet (waiting for its first bulk sync)".into(),
-            );
-        }
-        tokio::time::sleep(SETTLE_POLL).await;
-    }
     let dumped = tokio::task::spawn_blocking(move || {
         crate::kernel::ctnetlink::dump(None)
             .map(|all| resync::owned(all, &sync_peers, &replica, &filters))
@@ -410,44 +397,5 @@ mod tests {
         let c = cfg(" primary_addr = \"10.250.0.1:9000\"\n tls_ca = \"/nonexistent/ca.pem\"\n");
         let err = ChannelLink::from_config(&c, 1).err().expect("an error");
         assert!(err.to_string().contains("/nonexistent/ca.pem"), "{err}");
-    }
-
-    #[tokio::test]
-    async fn no_table_is_served_while_entries_found_at_start_are_unclaimed() {
-        let replica = Arc::new(ReplicaSet::new());
-        let key = crate::conntrack::Tuple::new(
-            crate::conntrack::proto::UDP,
-            "192.0.2.1".parse().unwrap(),
-            1,
-            "192.0.2.2".parse().unwrap(),
-            2,
-        );
-        let entry = crate::conntrack::Entry {
-            orig: key,
-            reply: key.swapped(),
-            status: 0,
-            timeout: 30,
-            mark: 0,
-            zone: crate::conntrack::Zone::DEFAULT,
-            proto: crate::conntrack::ProtoInfo::None,
-            labels: None,
-        };
-        replica.hold_unclaimed([entry.key()]);
-        let peer = PeerInfo {
-            addr: "10.250.0.2:40000".parse().unwrap(),
-            node: 2,
-            subject: None,
-        };
-        let started = Instant::now();
-        let got = owned_table(
-            peer,
-            replica.clone(),
-            Vec::new(),
-            Vec::new(),
-            Duration::from_millis(300),
-        )
-        .await;
-        assert!(got.is_err_and(|e| e.contains("not settled")));
-        assert!(started.elapsed() >= Duration::from_millis(300));
     }
 }

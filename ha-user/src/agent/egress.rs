@@ -283,12 +283,11 @@ impl Loop {
     fn on_commands(&mut self) {
         while let Ok(cmd) = self.e.cmds.try_recv() {
             // Until the first bulk sync tells which of the entries found at start are
-            // ours, what we own is unknown: a digest or table sent now would be wrong.
+            // ours, what we own is unknown: a digest sent now would make the peer
+            // delete those entries. A table is still served (without them: a resync
+            // only adds), else two nodes that both restart would wait for each other.
             if self.e.replica.unsettled()
-                && matches!(
-                    cmd,
-                    EgressCmd::Serve { .. } | EgressCmd::SendDigest | EgressCmd::ServeRepair { .. }
-                )
+                && matches!(cmd, EgressCmd::SendDigest | EgressCmd::ServeRepair { .. })
             {
                 self.defer(cmd);
                 continue;
