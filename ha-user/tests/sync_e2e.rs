@@ -254,6 +254,39 @@ fn wrong_key_installs_nothing_and_counts_rejects() {
     drop(a);
 }
 
+/// Key rotation: B already has the new `secret_key` and keeps the old one as
+/// `previous_secret_key`; A still signs with the old one. B accepts A's datagrams
+/// and installs them; no datagram is refused.
+#[test]
+fn previous_secret_key_is_accepted_during_a_rotation() {
+    let lab = lab("rot");
+    let _a = Agent::start(
+        &lab.fw_a.ns,
+        "fw-a",
+        &node_config("primary", SYNC_B, SECRET, ""),
+    );
+    let rotated = node_config("replica", SYNC_A, "the-new-secret-key", "").replace(
+        "  secret_key = \"the-new-secret-key\"\n",
+        &format!("  secret_key = \"the-new-secret-key\"\n  previous_secret_key = \"{SECRET}\"\n"),
+    );
+    assert!(rotated.contains("previous_secret_key"), "{rotated}");
+    let _b = Agent::start(&lab.fw_b.ns, "fw-b", &rotated);
+    let client: std::net::IpAddr = CLIENT_IP.parse().unwrap();
+    udp_flows(
+        &lab.client,
+        SocketAddr::new(client, 40000),
+        SERVER_IP.parse().unwrap(),
+        20000..20300,
+    );
+    wait_tables_equal(&lab.fw_a, &lab.fw_b, 300, Duration::from_secs(20));
+    let mb = metrics(&lab.fw_b.ns);
+    assert_eq!(
+        metric(&mb, "sync_rejected_total", "reason=\"auth_failed\""),
+        0.0,
+        "{mb}"
+    );
+}
+
 /// The peer's copy of a live entry must not expire while the owner keeps it alive:
 /// the program refreshes the peer whenever the owner's timeout has grown by more than
 /// half of what the peer was told. Once traffic stops, the entry leaves both nodes and

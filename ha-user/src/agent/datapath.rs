@@ -126,7 +126,11 @@ impl DataPath {
             // NACK ranges must fit in one of our datagrams.
             let mut rc = ReceiverConfig::new(node);
             rc.nack.max_ranges = crate::sync::max_nack_ranges(sync_cfg.max_datagram_size as usize);
-            Receiver::new(rc, KeyRing::from_secrets(secret, None)?)
+            let previous = cfg.replication.previous_secret_key.as_ref();
+            Receiver::new(
+                rc,
+                KeyRing::from_secrets(secret, previous.map(|k| k.as_bytes()))?,
+            )
         };
 
         let sync_peers: Vec<IpAddr> = cfg.replication.peer_addr.into_iter().collect();

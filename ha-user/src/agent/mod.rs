@@ -323,7 +323,13 @@ fn ha_driver(
     let election = Election::new(econf, Instant::now())?;
     let receiver = HeartbeatReceiver::new(
         ha::ReceiverConfig::new(node, epoch, silence),
-        ha::heartbeat_keys(secret, None)?,
+        ha::heartbeat_keys(
+            secret,
+            cfg.replication
+                .previous_secret_key
+                .as_ref()
+                .map(|k| k.as_bytes()),
+        )?,
     );
     let dcfg = DriverConfig {
         peer: SocketAddr::new(peer, ha_cfg.heartbeat_port),

@@ -359,6 +359,9 @@ fn replication(cx: &mut Cx, b: &Block) -> Replication {
         .flatten();
     r.peer_addr = f.get(cx, "peer_addr", conv::ip);
     r.secret_key = f.get(cx, "secret_key", conv::secret).map(SecretKey::new);
+    r.previous_secret_key = f
+        .get(cx, "previous_secret_key", conv::secret)
+        .map(SecretKey::new);
     r.tls_cert = f.get(cx, "tls_cert", conv::abs_path);
     r.tls_key = f.get(cx, "tls_key", conv::abs_path);
     r.tls_ca = f.get(cx, "tls_ca", conv::abs_path);

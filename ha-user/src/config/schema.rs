@@ -86,6 +86,8 @@ pub struct Replication {
     /// The peer's IP: heartbeats and unicast sync go there.
     pub peer_addr: Option<IpAddr>,
     pub secret_key: Option<SecretKey>,
+    /// During a key rotation: also accepted (never used to sign).
+    pub previous_secret_key: Option<SecretKey>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     pub tls_ca: Option<PathBuf>,
@@ -427,6 +429,8 @@ pub static REFERENCE: &[AttrDoc] = &[
         "The peer's IP (v4 or v6): heartbeats and unicast sync go there. Required when `ha.enabled`, or for unicast sync."),
     attr!(R, "secret_key", "string", None, false, "\"lab-secret-please-change\"",
         "Pre-shared key authenticating heartbeats and sync messages; at least 8 characters, identical on both nodes. Required when HA or sync is enabled."),
+    attr!(R, "previous_secret_key", "string", None, false, "\"old-lab-secret\"",
+        "Key rotation: messages signed with this older key are still accepted (this node signs with `secret_key` only). Set the new `secret_key` plus the old one here on each node in turn, then remove this."),
     attr!(R, "tls_cert", "string (path)", None, false, "\"/etc/hasync/tls/node.pem\"",
         "PEM certificate for the replication channel; needs `tls_key`."),
     attr!(R, "tls_key", "string (path)", None, false, "\"/etc/hasync/tls/node.key\"",
