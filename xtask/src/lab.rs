@@ -512,6 +512,9 @@ impl Traffic {
                 };
                 while !stop.load(Ordering::Relaxed) {
                     if let Ok(mut c) = TcpStream::connect_timeout(&dst, Duration::from_secs(1)) {
+                        // A connection cut by the failover must not hang this thread.
+                        let _ = c.set_read_timeout(Some(Duration::from_secs(1)));
+                        let _ = c.set_write_timeout(Some(Duration::from_secs(1)));
                         let _ = c.write_all(b"ping");
                         let mut buf = [0u8; 4];
                         let _ = c.read(&mut buf);
