@@ -8,7 +8,8 @@ fn namespace_is_removed_on_drop_and_veth_carries_traffic() {
     let (a, b) = (NetNs::new("tka").unwrap(), NetNs::new("tkb").unwrap());
     let name = a.name().to_string();
     veth(&a, "va", &["10.77.0.1/24"], &b, "vb", &["10.77.0.2/24"]).unwrap();
-    a.exec("ping", ["-c1", "-W2", "10.77.0.2"]).unwrap();
+    a.exec("ping", ["-c3", "-i0.5", "-W2", "10.77.0.2"])
+        .unwrap();
     b.exec(
         "conntrack",
         [
