@@ -148,6 +148,15 @@ fn sync_link_down_demotes_the_primary() {
     spec.peers = ["192.168.10.3", "192.168.10.2"];
     spec.lab.sync_via_bridge = true;
     let pair = spec.start();
+    // B must hold A's table first: an unsynced backup rightly stays backup (on a
+    // loaded machine its first bulk sync can outlast the election).
+    testkit::wait_for(Duration::from_secs(10), "B synced", || {
+        status(&pair.sock_b)
+            .pointer("/ha/synced")
+            .and_then(|s| s.as_bool())
+            .filter(|s| *s)
+    })
+    .unwrap();
     pair.lab
         .fw_a
         .ns
