@@ -164,6 +164,9 @@ pub struct Pair {
 /// HA engine (heartbeats, election, takeover) stays off: these measurements compare
 /// state sync with conntrackd's, which runs without keepalived here.
 fn hasync_config(mode: &str, peer: &str, control_socket: &Path) -> String {
+    // Development aid: extra `conntrack_sync` settings to compare (e.g.
+    // `HASYNC_BENCH_SYNC_EXTRA='wakeup_min_gap_us = 200'`); reported in the run log.
+    let extra = std::env::var("HASYNC_BENCH_SYNC_EXTRA").unwrap_or_default();
     format!(
         r#"replication {{
   mode       = "{mode}"
@@ -176,6 +179,7 @@ fn hasync_config(mode: &str, peer: &str, control_socket: &Path) -> String {
       interface       = "sync0"
       multicast_group = "225.0.0.50"
       port            = 3780
+      {extra}
     }}
   }}
 }}
