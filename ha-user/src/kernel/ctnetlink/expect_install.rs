@@ -43,6 +43,7 @@ use super::{
         set_ack,
     },
     nla::{MsgIter, Writer},
+    replies,
     socket::NlSocket,
 };
 
@@ -482,51 +483,27 @@ impl ExpectInstaller {
 
     /// Reads the failure replies the kernel queued while processing a batch.
     fn drain_replies(&mut self, base: u32, start: usize, n: usize, rep: &mut ExpectInstallCounts) {
-        loop {
-            let len = match self.sock.recv(&mut self.rbuf, true) {
-                Ok(len) => len,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
-                    rep.replies_lost += 1;
-                    self.max_batch_changes = (self.max_batch_changes / 2).max(32);
-                    continue;
+        let errs = &mut self.errs;
+        let d = replies::drain_failures(
+            &self.sock,
+            &mut self.rbuf,
+            &mut self.log,
+            "ctnetlink expectation install",
+            base,
+            |off, errno| {
+                let k = (off / SEQS_PER_CHANGE) as usize;
+                let slot = (off % SEQS_PER_CHANGE) as usize;
+                if k < n {
+                    errs[start + k][slot] = errno;
                 }
-                Err(e) => {
-                    if let Some(suppressed) = self.log.allow() {
-                        tracing::warn!(error = %e, suppressed, "ctnetlink expectation install: recv failed");
-                    }
-                    break;
-                }
-            };
-            if len > self.rbuf.len() {
-                rep.malformed += 1;
-                continue;
-            }
-            for m in MsgIter::new(&self.rbuf[..len]) {
-                let Ok(m) = m else {
-                    rep.malformed += 1;
-                    break;
-                };
-                if m.ty != NLMSG_ERROR {
-                    rep.malformed += 1;
-                    continue;
-                }
-                match parse_error(&m) {
-                    Ok(0) => {}
-                    Ok(errno) => {
-                        let off = m.seq.wrapping_sub(base);
-                        let k = (off / SEQS_PER_CHANGE) as usize;
-                        let slot = (off % SEQS_PER_CHANGE) as usize;
-                        if k < n {
-                            self.errs[start + k][slot] = errno;
-                        } else {
-                            rep.malformed += 1;
-                        }
-                    }
-                    Err(_) => rep.malformed += 1,
-                }
-            }
+                k < n
+            },
+        );
+        for _ in 0..d.replies_lost {
+            self.max_batch_changes = (self.max_batch_changes / 2).max(32);
         }
+        rep.replies_lost += d.replies_lost;
+        rep.malformed += d.malformed;
     }
 
     /// Gives the master of `e` its helper by re-creating it (see the module docs).

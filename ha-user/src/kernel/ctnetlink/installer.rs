@@ -6,16 +6,17 @@
 //! back to the change. Fallbacks (create ↔ update, update without status) go out in a
 //! further batch. Every outcome is counted; no kernel answer is fatal.
 
-use std::{collections::HashMap, io, mem};
+use std::{collections::HashMap, mem};
 
 use crate::conntrack::{Change, Key};
 
 use super::{
     CtnlError, RateLimit,
-    consts::{NETLINK_CAP_ACK, NETLINK_EXT_ACK, NLMSG_ERROR},
-    decode::{errno_name, parse_error},
+    consts::{NETLINK_CAP_ACK, NETLINK_EXT_ACK},
+    decode::errno_name,
     encode::{EncodeOptions, MAX_MSG_LEN, encode_create, encode_delete, encode_update},
-    nla::{MsgIter, Writer},
+    nla::Writer,
+    replies,
     socket::NlSocket,
 };
 
@@ -452,50 +453,26 @@ impl Installer {
 
     /// Reads the failure replies the kernel queued while processing the batch.
     fn drain_replies(&mut self, base: u32, start: usize, n: usize, rep: &mut InstallCounts) {
-        loop {
-            let len = match self.sock.recv(&mut self.rbuf, true) {
-                Ok(len) => len,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
-                    // The receive buffer overflowed: some failure replies are gone.
-                    rep.replies_lost += 1;
-                    self.max_batch_msgs = (self.max_batch_msgs / 2).max(64);
-                    continue;
+        let errs = &mut self.errs;
+        let d = replies::drain_failures(
+            &self.sock,
+            &mut self.rbuf,
+            &mut self.log,
+            "ctnetlink install",
+            base,
+            |off, errno| {
+                let k = off as usize;
+                if k < n {
+                    errs[start + k] = errno;
                 }
-                Err(e) => {
-                    if let Some(suppressed) = self.log.allow() {
-                        tracing::warn!(error = %e, suppressed, "ctnetlink install: recv failed");
-                    }
-                    break;
-                }
-            };
-            if len > self.rbuf.len() {
-                rep.malformed += 1;
-                continue;
-            }
-            for m in MsgIter::new(&self.rbuf[..len]) {
-                let Ok(m) = m else {
-                    rep.malformed += 1;
-                    break;
-                };
-                if m.ty != NLMSG_ERROR {
-                    rep.malformed += 1;
-                    continue;
-                }
-                match parse_error(&m) {
-                    Ok(0) => {}
-                    Ok(errno) => {
-                        let k = m.seq.wrapping_sub(base) as usize;
-                        if k < n {
-                            self.errs[start + k] = errno;
-                        } else {
-                            rep.malformed += 1;
-                        }
-                    }
-                    Err(_) => rep.malformed += 1,
-                }
-            }
+                k < n
+            },
+        );
+        for _ in 0..d.replies_lost {
+            self.max_batch_msgs = (self.max_batch_msgs / 2).max(64);
         }
+        rep.replies_lost += d.replies_lost;
+        rep.malformed += d.malformed;
     }
 }
 

@@ -20,6 +20,7 @@ pub mod expect_events;
 pub mod expect_install;
 pub mod installer;
 pub mod nla;
+mod replies;
 pub mod socket;
 
 #[cfg(test)]
