@@ -735,23 +735,14 @@ impl Loop {
         }
     }
 
-    /// Keeps a request for later, once (the requester repeats its resync request).
+    /// Keeps a digest or repair request for later; one periodic digest is enough.
     fn defer(&mut self, cmd: EgressCmd) {
-        let same = |a: &EgressCmd| match (a, &cmd) {
-            (EgressCmd::SendDigest, EgressCmd::SendDigest) => true,
-            (
-                EgressCmd::Serve {
-                    requester: r1,
-                    request_id: i1,
-                },
-                EgressCmd::Serve {
-                    requester: r2,
-                    request_id: i2,
-                },
-            ) => r1 == r2 && i1 == i2,
-            _ => false,
-        };
-        if !self.deferred.iter().any(same) {
+        let repeated = matches!(cmd, EgressCmd::SendDigest)
+            && self
+                .deferred
+                .iter()
+                .any(|c| matches!(c, EgressCmd::SendDigest));
+        if !repeated {
             tracing::info!(?cmd, "sync: request deferred until our first bulk sync");
             self.deferred.push(cmd);
         }
