@@ -8,9 +8,7 @@ mod support;
 use std::{net::SocketAddr, time::Duration};
 
 use hasync::{conntrack::Change, kernel::ctnetlink};
-use support::{
-    Agent, forwarded, metric, metrics, node_config, udp_flows, wait_metric, wait_tables_equal,
-};
+use support::{Agent, forwarded, node_config, udp_flows, wait_metric, wait_tables_equal};
 use testkit::lab::{CLIENT_IP, Lab, LabOptions, SERVER_IP, SYNC_A, SYNC_B};
 
 const SECRET: &str = "lab-secret-please-change";
@@ -77,13 +75,17 @@ fn periodic_digest_restores_entries_missing_on_the_peer() {
     let b = start_b(&lab, check);
     flows(&lab, 10000..10400);
     wait_tables_equal(&lab.fw_a, &lab.fw_b, 400, Duration::from_secs(20));
+    // 50 deleted on B (a digest every 2 s may already be repairing them, so B's count
+    // is not checked here).
     assert_eq!(delete_on(&lab.fw_b, 10000..10050), 50);
-    assert_eq!(forwarded(&lab.fw_b).len(), 350);
     wait_tables_equal(&lab.fw_a, &lab.fw_b, 400, Duration::from_secs(20));
-    let mb = metrics(&lab.fw_b.ns);
-    assert!(
-        metric(&mb, "consistency_checks_total", "outcome=\"repaired\"") >= 1.0,
-        "{mb}"
+    // Metrics are published periodically: wait for the repair to show.
+    wait_metric(
+        &lab.fw_b.ns,
+        "consistency_checks_total",
+        "outcome=\"repaired\"",
+        1.0,
+        Duration::from_secs(5),
     );
     wait_metric(
         &lab.fw_a.ns,
