@@ -175,14 +175,29 @@ fn synthetic(i: u32) -> Entry {
 
 /// Captured log output of the current thread (the tests run on a current-thread
 /// runtime, so the server's tasks log here too).
+///
+/// One global subscriber writes to the capture of the thread that logs: with a
+/// per-thread `set_default` subscriber, a log call first reached from a test thread
+/// without one could have its interest cached as "never" and lose the line here.
 #[derive(Clone, Default)]
 struct Logs(Arc<Mutex<Vec<u8>>>);
 
-impl std::io::Write for Logs {
+thread_local! {
+    static CAPTURE: std::cell::RefCell<Option<Logs>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Writes to the current thread's capture (if any) and to stderr.
+struct ThreadWriter;
+
+impl std::io::Write for ThreadWriter {
     fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        if let Ok(mut v) = self.0.lock() {
-            v.extend_from_slice(b);
-        }
+        CAPTURE.with(|c| {
+            if let Some(logs) = c.borrow().as_ref()
+                && let Ok(mut v) = logs.0.lock()
+            {
+                v.extend_from_slice(b);
+            }
+        });
         std::io::stderr().write_all(b)?;
         Ok(b.len())
     }
@@ -192,15 +207,28 @@ impl std::io::Write for Logs {
     }
 }
 
+/// Stops capturing on drop.
+struct CaptureGuard;
+
+impl Drop for CaptureGuard {
+    fn drop(&mut self) {
+        CAPTURE.with(|c| c.borrow_mut().take());
+    }
+}
+
 impl Logs {
-    fn install(&self) -> tracing::subscriber::DefaultGuard {
-        let w = self.clone();
-        let sub = tracing_subscriber::fmt()
-            .with_ansi(false)
-            .with_max_level(tracing::Level::INFO)
-            .with_writer(move || w.clone())
-            .finish();
-        tracing::subscriber::set_default(sub)
+    fn install(&self) -> CaptureGuard {
+        static GLOBAL: std::sync::Once = std::sync::Once::new();
+        GLOBAL.call_once(|| {
+            let sub = tracing_subscriber::fmt()
+                .with_ansi(false)
+                .with_max_level(tracing::Level::INFO)
+                .with_writer(|| ThreadWriter)
+                .finish();
+            let _ = tracing::subscriber::set_global_default(sub);
+        });
+        CAPTURE.with(|c| *c.borrow_mut() = Some(self.clone()));
+        CaptureGuard
     }
 
     fn text(&self) -> String {
