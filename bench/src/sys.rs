@@ -151,7 +151,14 @@ impl HostConntrack {
             g.changed = true;
             RESTORE_MAX.store(old_max, Ordering::SeqCst);
             fs::write(MAX_PATH, entries.to_string()).context("raising nf_conntrack_max")?;
-            let buckets = (entries / 4).next_power_of_two();
+            // One bucket per allowed entry: the kernel's own default ratio ("a max.
+            // factor of one by default to keep the average hash chain length at 2
+            // entries", nf_conntrack_core.c). The hash table is shared by every
+            // namespace, so the backup's table (on its own machine in real life)
+            // lengthens the primary's chains here; a smaller table would turn that lab
+            // artifact into most of the primary's cost for anything that installs on
+            // the backup.
+            let buckets = entries.next_power_of_two();
             if old_hashsize != 0 && old_hashsize < buckets {
                 RESTORE_HASHSIZE.store(old_hashsize, Ordering::SeqCst);
                 fs::write(HASHSIZE_PATH, buckets.to_string())

@@ -93,6 +93,9 @@ pub struct KernelLayout {
     pub dev_ifindex: u32,
     /// `offsetof(struct sk_buff, _nfct)`.
     pub skb_nfct: u32,
+    /// `offsetof(struct sk_buff, skb_iif)`: the interface a packet came in on, which
+    /// POST_ROUTING's hook state does not carry.
+    pub skb_iif: u32,
     /// Bytes of `struct nf_conn` to copy (its size, at most [`CT_COPY_MAX`]).
     pub ct_size: u32,
     pub ct_status: u32,
@@ -230,7 +233,7 @@ pub mod counter {
     pub const READ_ERROR: u32 = 6;
     /// Wake-ups the program forced.
     pub const WAKEUPS: u32 = 7;
-    /// Unconfirmed entries skipped at FORWARD (they are taken at POST_ROUTING).
+    /// Dying or template entries, or unconfirmed ones at a hook that does not confirm.
     pub const SKIPPED_UNCONFIRMED: u32 = 8;
     /// Events not emitted because of a filter (the ignored interface, sync filters).
     pub const FILTERED: u32 = 9;

@@ -13,7 +13,7 @@ use ha_common::{
 };
 
 use crate::{
-    filter,
+    Packet, filter,
     maps::{EVENTS, SCRATCH, SEEN, WAKE, count},
     may_report, on_ignored_interface, read, rodata,
 };
@@ -111,7 +111,7 @@ fn proto_state(buf: &[u8; COPY], protonum: u8) -> u8 {
 
 /// Reports the entry at `ct` if the peer must hear about it.
 #[inline(always)]
-pub fn report(ct: u64, hook: u8, hook_state: u64, reply: bool) -> Result<(), ()> {
+pub fn report(ct: u64, hook: u8, packet: Packet, reply: bool) -> Result<(), ()> {
     let scratch = SCRATCH.get_ptr_mut(0).ok_or(())?;
     // SAFETY: per-CPU map value, exclusively ours while the program runs.
     let buf = unsafe { &mut (*scratch).0 };
@@ -195,7 +195,7 @@ pub fn report(ct: u64, hook: u8, hook_state: u64, reply: bool) -> Result<(), ()>
         }
     };
 
-    if !filter::keep(buf, tuple_orig, hook_state, reply) {
+    if !filter::keep(buf, tuple_orig, packet, reply) {
         let filtered = CtSeen {
             status: SEEN_FILTERED,
             mark: 0,
@@ -210,7 +210,7 @@ pub fn report(ct: u64, hook: u8, hook_state: u64, reply: bool) -> Result<(), ()>
         count(counter::FILTERED);
         return Ok(());
     }
-    if on_ignored_interface(hook_state) {
+    if on_ignored_interface(packet) {
         // Not recorded in SEEN: such packets are rare (the sync link's own traffic).
         count(counter::FILTERED);
         return Ok(());

@@ -5,7 +5,7 @@
 use aya_ebpf::{macros::map, maps::Array};
 use ha_common::{CT_COPY_MAX, FilterRule, MAX_FILTERS, filter};
 
-use crate::{read, rodata};
+use crate::{Packet, rodata};
 
 #[map]
 pub static FILTERS: Array<FilterRule> = Array::with_max_entries(MAX_FILTERS, 0);
@@ -108,19 +108,10 @@ fn matches<F: Fn() -> (u32, u32)>(
     true
 }
 
-/// Interface index of a `struct net_device *` (0 if none or unreadable).
-#[inline(always)]
-fn ifindex(dev: u64) -> u32 {
-    if dev == 0 {
-        return 0;
-    }
-    read::<u32>(dev + rodata!(LAYOUT.dev_ifindex) as u64).unwrap_or(0)
-}
-
 /// Whether the entry may be synchronised. `reply`: the packet travels in the reply
 /// direction (its in/out interfaces are the original direction's out/in).
 #[inline(always)]
-pub fn keep(buf: &[u8; COPY], tuple_orig: u32, hook_state: u64, reply: bool) -> bool {
+pub fn keep(buf: &[u8; COPY], tuple_orig: u32, packet: Packet, reply: bool) -> bool {
     let n = rodata!(TUNING.filters);
     if n == 0 {
         return true;
@@ -139,9 +130,7 @@ pub fn keep(buf: &[u8; COPY], tuple_orig: u32, hook_state: u64, reply: bool) -> 
         dport: be16(buf, tuple_orig + 36),
     };
     let ifs_of = || {
-        let dev_in = read::<u64>(hook_state + rodata!(LAYOUT.state_in) as u64).unwrap_or(0);
-        let dev_out = read::<u64>(hook_state + rodata!(LAYOUT.state_out) as u64).unwrap_or(0);
-        let (i, o) = (ifindex(dev_in), ifindex(dev_out));
+        let (i, o) = packet.interfaces();
         if reply { (o, i) } else { (i, o) }
     };
     let mut ifs = None;

@@ -1,7 +1,9 @@
 #![no_std]
 #![no_main]
 //! hasync's kernel side: a BPF_PROG_TYPE_NETFILTER program attached (per network
-//! namespace) at LOCAL_IN, FORWARD and POST_ROUTING just before conntrack confirms.
+//! namespace) at LOCAL_IN and POST_ROUTING just before conntrack confirms. Every packet
+//! passes exactly one of the two (forwarded and local output: POST_ROUTING; local
+//! input: LOCAL_IN), so a forwarded packet costs one run, not two.
 //!
 //! For every packet that carries a conntrack entry it copies the `nf_conn`, decides
 //! whether the peer must hear about it (new entry, replicated state changed, or the
@@ -58,13 +60,40 @@ fn observe(ctx: *mut BpfNfCtx) -> Result<(), ()> {
     let hook: u8 = read(state + rodata!(LAYOUT.state_hook) as u64)?;
     // ctinfo >= IP_CT_IS_REPLY: the packet travels in the reply direction.
     let reply = nfct & 7 >= 3;
-    conn::report(ct, hook, state, reply)
+    conn::report(ct, hook, Packet { state, skb }, reply)
+}
+
+/// Where the packet is in the stack: its hook state and its `sk_buff`.
+#[derive(Clone, Copy)]
+pub struct Packet {
+    state: u64,
+    skb: u64,
+}
+
+impl Packet {
+    /// `(in, out)` interface indexes (0: none). POST_ROUTING's hook state has no input
+    /// device, so the input comes from `skb->skb_iif` there (0 for local output).
+    #[inline(always)]
+    pub fn interfaces(self) -> (u32, u32) {
+        let dev_index = |dev_off: u32| {
+            let dev = read::<u64>(self.state + dev_off as u64).unwrap_or(0);
+            if dev == 0 {
+                return 0;
+            }
+            read::<u32>(dev + rodata!(LAYOUT.dev_ifindex) as u64).unwrap_or(0)
+        };
+        let mut dev_in = dev_index(rodata!(LAYOUT.state_in));
+        if dev_in == 0 {
+            dev_in = read::<u32>(self.skb + rodata!(LAYOUT.skb_iif) as u64).unwrap_or(0);
+        }
+        (dev_in, dev_index(rodata!(LAYOUT.state_out)))
+    }
 }
 
 /// Whether the packet enters or leaves the interface the agent told us to ignore
 /// (checked only when an event is about to be emitted: the common path never pays).
 #[inline(always)]
-fn on_ignored_interface(state: u64) -> bool {
+fn on_ignored_interface(packet: Packet) -> bool {
     let ignore = [
         rodata!(TUNING.ignore_ifindex[0]),
         rodata!(TUNING.ignore_ifindex[1]),
@@ -73,18 +102,10 @@ fn on_ignored_interface(state: u64) -> bool {
     if ignore == [0; 3] {
         return false;
     }
-    let ifindex_off = rodata!(LAYOUT.dev_ifindex) as u64;
-    for dev_off in [rodata!(LAYOUT.state_in), rodata!(LAYOUT.state_out)] {
-        if let Ok(dev) = read::<u64>(state + dev_off as u64)
-            && dev != 0
-            && let Ok(ifindex) = read::<u32>(dev + ifindex_off)
-            && ifindex != 0
-            && (ifindex == ignore[0] || ifindex == ignore[1] || ifindex == ignore[2])
-        {
-            return true;
-        }
-    }
-    false
+    let (dev_in, dev_out) = packet.interfaces();
+    [dev_in, dev_out]
+        .into_iter()
+        .any(|i| i != 0 && (i == ignore[0] || i == ignore[1] || i == ignore[2]))
 }
 
 /// `bpf_probe_read_kernel` of a kernel address, counting failures.
@@ -100,8 +121,8 @@ fn read<T>(addr: u64) -> Result<T, ()> {
     }
 }
 
-/// Whether the hook may report an entry conntrack has not confirmed yet. Confirmation
-/// (and source NAT) happens after FORWARD, so FORWARD only reports confirmed entries.
+/// Whether the hook may report an entry conntrack has not confirmed yet: only where
+/// conntrack confirms it next (after source NAT), so the tuples are final.
 #[inline(always)]
 fn may_report(status: u32, hook: u8, new_hooks: u32) -> bool {
     status & STATUS_CONFIRMED != 0 || (hook < 32 && new_hooks & (1 << hook) != 0)

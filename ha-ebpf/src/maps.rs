@@ -41,6 +41,7 @@ pub static LAYOUT: KernelLayout = KernelLayout {
     state_out: 0,
     dev_ifindex: 0,
     skb_nfct: 0,
+    skb_iif: 0,
     ct_size: 0,
     ct_status: 0,
     ct_timeout: 0,

@@ -222,3 +222,95 @@ fn ignores_loopback_and_the_ignored_interface() {
     );
     assert!(cap.counters().unwrap().filtered >= 1);
 }
+
+/// Client — router — server; conntrack and capture run in the router.
+fn routed() -> (NetNs, NetNs, NetNs) {
+    let c = NetNs::new("cpc").unwrap();
+    let r = NetNs::new("cpr").unwrap();
+    let s = NetNs::new("cps").unwrap();
+    veth(&c, "vc", &["10.82.1.2/24"], &r, "rc", &["10.82.1.1/24"]).unwrap();
+    veth(&r, "rs", &["10.82.2.1/24"], &s, "vs", &["10.82.2.2/24"]).unwrap();
+    c.ip(&["route", "add", "default", "via", "10.82.1.1"])
+        .unwrap();
+    s.ip(&["route", "add", "default", "via", "10.82.2.1"])
+        .unwrap();
+    r.sysctl("net.ipv4.ip_forward", "1").unwrap();
+    r.enable_conntrack().unwrap();
+    // Both ends silently drop the flows (no ICMP errors coming back).
+    for ns in [&c, &s] {
+        ns.nft("table inet t {\n chain in {\n type filter hook input priority 0\n udp dport 20000-40000 drop\n }\n}\n")
+            .unwrap();
+    }
+    (c, r, s)
+}
+
+fn send_flows(from: &NetNs, src: &str, dst: &str, ports: std::ops::Range<u16>) {
+    from.enter(|| {
+        let s = UdpSocket::bind((src, 0)).unwrap();
+        for p in ports {
+            // Several datagrams per flow: still one event.
+            for _ in 0..3 {
+                s.send_to(b"x", (dst, p)).unwrap();
+            }
+        }
+    })
+    .unwrap();
+}
+
+/// Forwarded packets are seen at POST_ROUTING only (one program run each), where the
+/// hook state has no input device: interface filters and the ignored interfaces must
+/// still see the interface the packet came in on.
+#[test]
+fn forwarded_flows_are_reported_once_and_judged_by_their_input_interface() {
+    let (c, r, s) = routed();
+    let ifindex = |name: &str| {
+        r.enter(|| hasync::sync::transport::ifindex(name).unwrap())
+            .unwrap()
+    };
+    let (client_side, server_side) = (ifindex("rc"), ifindex("rs"));
+    // Only what enters from the client side is synchronised.
+    let cfg = CaptureConfig {
+        filters: vec![ha_common::FilterRule {
+            set: ha_common::filter::SRC_IF,
+            src_ifindex: client_side,
+            ..Default::default()
+        }],
+        ..CaptureConfig::default()
+    };
+    let mut cap = r.enter(|| Capture::start(&cfg)).unwrap().unwrap();
+    send_flows(&c, "10.82.1.2", "10.82.2.2", 20000..20050);
+    send_flows(&s, "10.82.2.2", "10.82.1.2", 30000..30010);
+    let got = drain_until(&mut cap, |e| e.len() >= 50);
+    std::thread::sleep(Duration::from_millis(200));
+    let mut extra = Vec::new();
+    cap.drain(usize::MAX, |c, _| extra.push(c));
+    assert!(extra.is_empty(), "unexpected further events: {extra:?}");
+    assert_eq!(got.len(), 50, "one event per client flow: {got:?}");
+    assert!(got.iter().all(|(e, new)| *new
+        && e.orig.src_ip().to_string() == "10.82.1.2"
+        && (20000..20050).contains(&e.orig.dport())));
+    assert_eq!(conntrack_list(&r).unwrap().len(), 60);
+    let counters = cap.counters().unwrap();
+    assert_eq!(counters.new, 50);
+    assert!(counters.filtered >= 10, "{counters:?}");
+    drop(cap);
+
+    // Told to ignore the server side (as the agent does with the sync link): flows
+    // coming in there are dropped by the skb's input interface, flows going out there
+    // by the hook's output device.
+    let cfg = CaptureConfig {
+        ignore_ifindex: [1, server_side, 0],
+        ..CaptureConfig::default()
+    };
+    let mut cap = r.enter(|| Capture::start(&cfg)).unwrap().unwrap();
+    send_flows(&s, "10.82.2.2", "10.82.1.2", 31000..31010);
+    send_flows(&c, "10.82.1.2", "10.82.2.2", 21000..21010);
+    std::thread::sleep(Duration::from_millis(300));
+    let mut events = 0;
+    cap.drain(usize::MAX, |_, _| events += 1);
+    assert_eq!(
+        events, 0,
+        "traffic through the ignored interface is not reported"
+    );
+    assert!(cap.counters().unwrap().filtered >= 20);
+}

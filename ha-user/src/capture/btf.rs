@@ -108,6 +108,7 @@ impl Resolver<'_> {
             state_out: self.required("nf_hook_state", "out", 8)?,
             dev_ifindex: self.required("net_device", "ifindex", 4)?,
             skb_nfct: self.required("sk_buff", "_nfct", 8)?,
+            skb_iif: self.required("sk_buff", "skb_iif", 4)?,
             ct_size,
             ct_status: self.required("nf_conn", "status", 4)?,
             ct_timeout: self.required("nf_conn", "timeout", 4)?,

@@ -54,13 +54,12 @@ pub struct CaptureConfig {
 
 impl Default for CaptureConfig {
     fn default() -> Self {
+        // Every packet passes exactly one of these two: forwarded and locally sent
+        // ones POST_ROUTING, locally received ones LOCAL_IN. (FORWARD would see each
+        // forwarded packet a second time.)
         let mut hooks = Vec::new();
         for pf in [loader::NFPROTO_IPV4, loader::NFPROTO_IPV6] {
-            for hook in [
-                loader::NF_INET_LOCAL_IN,
-                loader::NF_INET_FORWARD,
-                loader::NF_INET_POST_ROUTING,
-            ] {
+            for hook in [loader::NF_INET_LOCAL_IN, loader::NF_INET_POST_ROUTING] {
                 hooks.push((pf, hook));
             }
         }
