@@ -32,8 +32,8 @@ use hasync::{
         consts::NFNLGRP_CONNTRACK_NEW,
         decode::{is_ct_msg, parse_ct},
         nla::MsgIter,
-        socket::NlSocket,
     },
+    kernel::netlink_socket::NlSocket,
     sync::{KeyRing, Receiver, ReceiverConfig},
 };
 use testkit::NetNs;
@@ -254,7 +254,7 @@ impl KernelWatch {
             ns,
             "ct-new-watch",
             |stop, seen, stats| {
-                let sock = NlSocket::open(false).context("netlink socket")?;
+                let sock = NlSocket::netfilter(false).context("netlink socket")?;
                 sock.set_rcvbuf(16 << 20).context("SO_RCVBUF")?;
                 attach_filter(sock.as_raw_fd(), &probe_event_filter())
                     .context("SO_ATTACH_FILTER")?;

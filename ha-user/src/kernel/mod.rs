@@ -2,4 +2,5 @@
 
 pub mod announce;
 pub mod ctnetlink;
+pub mod netlink_socket;
 pub mod rtnetlink;

@@ -160,8 +160,13 @@ pub fn parse_ct(msg: &Msg<'_>) -> Result<CtMessage, DecodeError> {
     Ok(m)
 }
 
-/// A tuple nest: (tuple, CTA_TUPLE_ZONE).
-fn parse_tuple(a: &Attr<'_>, family: Family) -> Result<(Tuple, Option<u16>), DecodeError> {
+/// A tuple nest: (tuple, CTA_TUPLE_ZONE). Addresses and protocol are mandatory; the
+/// protocol's union attributes are optional (the kernel sends none for protocols it
+/// has no tuple attributes for). Conntrack entries and expectations share it.
+pub(super) fn parse_tuple(
+    a: &Attr<'_>,
+    family: Family,
+) -> Result<(Tuple, Option<u16>), DecodeError> {
     let mut t = Tuple {
         family,
         proto: 0,

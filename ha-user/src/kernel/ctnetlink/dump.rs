@@ -1,16 +1,17 @@
 //! Reading the whole table (bulk resync, tests) and flushing it (tests, `hasync flush`).
 
-use std::{io, time::Duration};
+use std::time::Duration;
 
 use crate::conntrack::{Entry, Family};
+
+use crate::kernel::netlink_socket::NlSocket;
 
 use super::{
     CtnlError,
     consts::{IPCTNL_MSG_CT_NEW, NLM_F_DUMP_INTR, NLMSG_DONE, NLMSG_ERROR},
     decode::{is_ct_msg, parse_ct, parse_error},
     encode::{encode_dump, encode_flush},
-    nla::{MsgIter, Writer},
-    socket::NlSocket,
+    nla::{DecodeError, Msg, MsgIter, Writer},
 };
 
 /// How a dump went besides the entries themselves.
@@ -29,28 +30,10 @@ pub struct DumpStats {
 /// cannot hang the caller.
 fn request_socket() -> Result<NlSocket, CtnlError> {
     let io = |op| move |source| CtnlError::Io { op, source };
-    let sock = NlSocket::open(false).map_err(io("open dump socket"))?;
+    let sock = NlSocket::netfilter(false).map_err(io("open dump socket"))?;
     sock.set_rcvbuf(8 << 20).map_err(io("set SO_RCVBUF"))?;
-    let tv = libc::timeval {
-        tv_sec: Duration::from_secs(30).as_secs() as libc::time_t,
-        tv_usec: 0,
-    };
-    // SAFETY: tv is a valid timeval for the duration of the call.
-    let r = unsafe {
-        libc::setsockopt(
-            std::os::fd::AsRawFd::as_raw_fd(&sock),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            &tv as *const libc::timeval as *const libc::c_void,
-            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-        )
-    };
-    if r < 0 {
-        return Err(CtnlError::Io {
-            op: "set SO_RCVTIMEO",
-            source: io::Error::last_os_error(),
-        });
-    }
+    sock.set_recv_timeout(Duration::from_secs(30))
+        .map_err(io("set SO_RCVTIMEO"))?;
     Ok(sock)
 }
 
@@ -64,19 +47,67 @@ pub fn dump(family: Option<Family>) -> Result<Vec<Entry>, CtnlError> {
 
 /// Appends the table's entries to `out` (reusing its allocation) and reports counts.
 pub fn dump_into(family: Option<Family>, out: &mut Vec<Entry>) -> Result<DumpStats, CtnlError> {
-    const SEQ: u32 = 1;
-    let sock = request_socket()?;
     let mut req = Vec::with_capacity(64);
-    encode_dump(&mut Writer::new(&mut req), SEQ, family);
-    sock.send(&req).map_err(|source| CtnlError::Io {
-        op: "send dump request",
-        source,
-    })?;
+    encode_dump(&mut Writer::new(&mut req), REQUEST_SEQ, family);
+    run_dump(&req, &DUMP, |m| {
+        is_ct_msg(m, IPCTNL_MSG_CT_NEW)
+            .then(|| parse_ct(m).and_then(|c| c.entry()).map(|e| out.push(e)))
+    })
+}
+
+/// Deletes every entry of the calling thread's namespace (one family, or all with
+/// `None`). Each deletion produces a destroy event like any other.
+pub fn flush(family: Option<Family>) -> Result<(), CtnlError> {
+    let mut req = Vec::with_capacity(64);
+    encode_flush(&mut Writer::new(&mut req), REQUEST_SEQ, family);
+    run_acked(&req, &FLUSH)
+}
+
+// ---- one request, its whole answer (shared with the expectation dump and flush) ----
+
+/// Sequence number of dump and flush requests (one request per socket).
+pub(super) const REQUEST_SEQ: u32 = 1;
+
+/// How one kind of request names itself in errors and logs.
+pub(super) struct Request {
+    /// e.g. "dump": the operation in [`CtnlError`]s and log lines.
+    pub op: &'static str,
+    pub send: &'static str,
+    pub receive: &'static str,
+    /// What one dumped item is called in logs.
+    pub item: &'static str,
+}
+
+const DUMP: Request = Request {
+    op: "dump",
+    send: "send dump request",
+    receive: "receive dump",
+    item: "entry",
+};
+
+const FLUSH: Request = Request {
+    op: "flush",
+    send: "send flush request",
+    receive: "receive flush reply",
+    item: "entry",
+};
+
+/// Sends a dump request (made with [`REQUEST_SEQ`]) and passes every message of the
+/// answer to `take`: `None` for a message that is not an item, `Some(Err)` for an item
+/// that could not be decoded (skipped, counted and logged).
+pub(super) fn run_dump(
+    req: &[u8],
+    r: &Request,
+    mut take: impl FnMut(&Msg<'_>) -> Option<Result<(), DecodeError>>,
+) -> Result<DumpStats, CtnlError> {
+    let sock = request_socket()?;
+    sock.send(req)
+        .map_err(|source| CtnlError::Io { op: r.send, source })?;
     let mut stats = DumpStats::default();
     let mut buf = vec![0u8; 256 << 10];
     loop {
         let n = sock.recv(&mut buf, false).map_err(|source| CtnlError::Io {
-            op: "receive dump",
+            op: r.receive,
             source,
         })?;
         if n > buf.len() {
@@ -90,11 +121,11 @@ pub fn dump_into(family: Option<Family>, out: &mut Vec<Entry>) -> Result<DumpSta
                 Ok(m) => m,
                 Err(e) => {
                     stats.malformed += 1;
-                    tracing::warn!(error = %e, "ctnetlink dump: malformed datagram");
+                    tracing::warn!(error = %e, "ctnetlink {}: malformed datagram", r.op);
                     break;
                 }
             };
-            if m.seq != SEQ {
+            if m.seq != REQUEST_SEQ {
                 continue;
             }
             if m.flags & NLM_F_DUMP_INTR != 0 {
@@ -104,57 +135,41 @@ pub fn dump_into(family: Option<Family>, out: &mut Vec<Entry>) -> Result<DumpSta
                 NLMSG_DONE => return Ok(stats),
                 NLMSG_ERROR => match parse_error(&m) {
                     Ok(0) => {}
-                    Ok(errno) => return Err(CtnlError::Kernel { op: "dump", errno }),
-                    Err(source) => return Err(CtnlError::Decode { op: "dump", source }),
+                    Ok(errno) => return Err(CtnlError::Kernel { op: r.op, errno }),
+                    Err(source) => return Err(CtnlError::Decode { op: r.op, source }),
                 },
-                _ if is_ct_msg(&m, IPCTNL_MSG_CT_NEW) => {
-                    match parse_ct(&m).and_then(|c| c.entry()) {
-                        Ok(e) => {
-                            out.push(e);
-                            stats.entries += 1;
-                        }
-                        Err(e) => {
-                            stats.malformed += 1;
-                            tracing::warn!(error = %e, "ctnetlink dump: skipping malformed entry");
-                        }
+                _ => match take(&m) {
+                    None => {}
+                    Some(Ok(())) => stats.entries += 1,
+                    Some(Err(e)) => {
+                        stats.malformed += 1;
+                        tracing::warn!(error = %e, "ctnetlink {}: skipping malformed {}", r.op, r.item);
                     }
-                }
-                _ => {}
+                },
             }
         }
     }
 }
 
-/// Deletes every entry of the calling thread's namespace (one family, or all with
-/// `None`). Each deletion produces a destroy event like any other.
-pub fn flush(family: Option<Family>) -> Result<(), CtnlError> {
-    const SEQ: u32 = 1;
+/// Sends a request (made with [`REQUEST_SEQ`]) and waits for the kernel's
+/// acknowledgement.
+pub(super) fn run_acked(req: &[u8], r: &Request) -> Result<(), CtnlError> {
     let sock = request_socket()?;
-    let mut req = Vec::with_capacity(64);
-    encode_flush(&mut Writer::new(&mut req), SEQ, family);
-    sock.send(&req).map_err(|source| CtnlError::Io {
-        op: "send flush request",
-        source,
-    })?;
+    sock.send(req)
+        .map_err(|source| CtnlError::Io { op: r.send, source })?;
     let mut buf = vec![0u8; 8 << 10];
     loop {
         let n = sock.recv(&mut buf, false).map_err(|source| CtnlError::Io {
-            op: "receive flush reply",
+            op: r.receive,
             source,
         })?;
         for m in MsgIter::new(&buf[..n.min(buf.len())]) {
-            let m = m.map_err(|source| CtnlError::Decode {
-                op: "flush",
-                source,
-            })?;
-            if m.ty == NLMSG_ERROR && m.seq == SEQ {
+            let m = m.map_err(|source| CtnlError::Decode { op: r.op, source })?;
+            if m.ty == NLMSG_ERROR && m.seq == REQUEST_SEQ {
                 return match parse_error(&m) {
                     Ok(0) => Ok(()),
-                    Ok(errno) => Err(CtnlError::Kernel { op: "flush", errno }),
-                    Err(source) => Err(CtnlError::Decode {
-                        op: "flush",
-                        source,
-                    }),
+                    Ok(errno) => Err(CtnlError::Kernel { op: r.op, errno }),
+                    Err(source) => Err(CtnlError::Decode { op: r.op, source }),
                 };
             }
         }

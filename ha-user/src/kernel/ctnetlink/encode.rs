@@ -95,7 +95,8 @@ fn ports_as_attrs(p: u8) -> bool {
     proto::has_ports(p) || p == proto::GRE
 }
 
-fn put_tuple(w: &mut Writer<'_>, ty: u16, t: &Tuple, zone: Option<u16>) {
+/// A tuple nest (conntrack entries and expectations alike).
+pub(super) fn put_tuple(w: &mut Writer<'_>, ty: u16, t: &Tuple, zone: Option<u16>) {
     let outer = w.begin_nest(ty);
     let ip = w.begin_nest(CTA_TUPLE_IP);
     match t.family {

@@ -9,14 +9,10 @@ use std::{
 use crate::conntrack::{Entry, Key};
 
 use super::{
-    CtnlError, RateLimit,
-    consts::{
-        IPCTNL_MSG_CT_DELETE, NETLINK_BROADCAST_ERROR, NETLINK_NO_ENOBUFS,
-        NFNLGRP_CONNTRACK_DESTROY, NLMSG_HDRLEN,
-    },
+    CtnlError,
+    consts::{IPCTNL_MSG_CT_DELETE, NFNLGRP_CONNTRACK_DESTROY},
     decode::{is_ct_msg, parse_ct},
-    nla::{DecodeError, MsgIter, align4},
-    socket::NlSocket,
+    event_socket::{EventSocket, Names, Next},
 };
 
 /// Socket settings for a [`DestroyListener`].
@@ -84,13 +80,7 @@ pub struct ListenerStats {
 /// Register its fd with epoll (or wrap it in tokio's `AsyncFd`) and call
 /// [`recv`](DestroyListener::recv) until it returns [`Recv::Empty`].
 pub struct DestroyListener {
-    sock: NlSocket,
-    buf: Vec<u8>,
-    /// Unread part of the last datagram: `buf[off..len]`.
-    off: usize,
-    len: usize,
-    stats: ListenerStats,
-    log: RateLimit,
+    events: EventSocket,
 }
 
 impl DestroyListener {
@@ -101,41 +91,33 @@ impl DestroyListener {
 
     /// Like [`new`](DestroyListener::new), with an explicit buffer size / reliability.
     pub fn with_config(cfg: ListenerConfig) -> Result<DestroyListener, CtnlError> {
-        let io = |op| move |source| CtnlError::Io { op, source };
-        let sock = NlSocket::open(true).map_err(io("open listener socket"))?;
-        sock.set_rcvbuf(cfg.rcvbuf).map_err(io("set SO_RCVBUF"))?;
-        // Losing events must be visible (ENOBUFS), never silent.
-        sock.set_netlink_flag(NETLINK_NO_ENOBUFS, false)
-            .map_err(io("set NETLINK_NO_ENOBUFS"))?;
-        if cfg.reliable {
-            sock.set_netlink_flag(NETLINK_BROADCAST_ERROR, true)
-                .map_err(io("set NETLINK_BROADCAST_ERROR"))?;
-        }
-        sock.add_membership(NFNLGRP_CONNTRACK_DESTROY)
-            .map_err(io("join NFNLGRP_CONNTRACK_DESTROY"))?;
-        Ok(DestroyListener {
-            sock,
-            buf: vec![0u8; 64 << 10],
-            off: 0,
-            len: 0,
-            stats: ListenerStats::default(),
-            log: RateLimit::new(),
-        })
+        let events = EventSocket::open(
+            cfg,
+            &[(NFNLGRP_CONNTRACK_DESTROY, "join NFNLGRP_CONNTRACK_DESTROY")],
+            Names {
+                open: "open listener socket",
+                receive: "receive destroy events",
+                event: "destroy event",
+                lost: "conntrack destroy events lost (receive buffer overrun)",
+                malformed: "malformed conntrack destroy event",
+            },
+        )?;
+        Ok(DestroyListener { events })
     }
 
     /// This socket's own port id (diagnostics; events carry the *causing* socket's).
     pub fn portid(&self) -> u32 {
-        self.sock.portid()
+        self.events.portid()
     }
 
     /// Effective receive buffer size (as the kernel reports it).
     pub fn rcvbuf(&self) -> io::Result<usize> {
-        self.sock.rcvbuf()
+        self.events.rcvbuf()
     }
 
     /// Counters since the listener was opened, for metrics.
     pub fn stats(&self) -> &ListenerStats {
-        &self.stats
+        &self.events.stats
     }
 
     /// Returns the next destroyed entry, [`Recv::Overrun`] after lost events, or
@@ -143,97 +125,41 @@ impl DestroyListener {
     /// next call continues after it.
     pub fn recv(&mut self) -> Result<Recv, CtnlError> {
         loop {
-            if self.off < self.len {
-                let rest = &self.buf[self.off..self.len];
-                let Some(next) = MsgIter::new(rest).next() else {
-                    self.off = self.len;
-                    continue;
-                };
-                let msg = match next {
-                    Ok(m) => m,
-                    Err(e) => {
-                        // The header cannot be trusted: drop the rest of the datagram.
-                        self.off = self.len;
-                        return Err(self.malformed(e));
-                    }
-                };
-                self.off += align4(NLMSG_HDRLEN + msg.payload.len());
-                if !is_ct_msg(&msg, IPCTNL_MSG_CT_DELETE) {
-                    self.stats.ignored += 1;
+            let next = self.events.next(|msg| {
+                is_ct_msg(msg, IPCTNL_MSG_CT_DELETE).then(|| {
+                    let parsed = parse_ct(msg)?;
+                    Ok(Destroyed {
+                        key: parsed.key()?,
+                        entry: parsed.entry().ok(),
+                        portid: msg.pid,
+                    })
+                })
+            })?;
+            return match next {
+                Next::Empty => Ok(Recv::Empty),
+                Next::Overrun => Ok(Recv::Overrun),
+                Next::Message(None) => {
+                    self.events.stats.ignored += 1;
                     continue;
                 }
-                let portid = msg.pid;
-                let parsed = match parse_ct(&msg) {
-                    Ok(p) => p,
-                    Err(e) => return Err(self.malformed(e)),
-                };
-                let key = match parsed.key() {
-                    Ok(k) => k,
-                    Err(e) => return Err(self.malformed(e)),
-                };
-                self.stats.events += 1;
-                return Ok(Recv::Destroyed(Destroyed {
-                    key,
-                    entry: parsed.entry().ok(),
-                    portid,
-                }));
-            }
-            match self.sock.recv(&mut self.buf, true) {
-                Ok(n) if n > self.buf.len() => {
-                    self.off = 0;
-                    self.len = 0;
-                    return Err(self.malformed(DecodeError::Truncated {
-                        what: "datagram",
-                        need: n,
-                        have: self.buf.len(),
-                    }));
+                Next::Message(Some(Err(e))) => Err(self.events.malformed(e)),
+                Next::Message(Some(Ok(destroyed))) => {
+                    self.events.stats.events += 1;
+                    Ok(Recv::Destroyed(destroyed))
                 }
-                Ok(n) => {
-                    self.off = 0;
-                    self.len = n;
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Recv::Empty),
-                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
-                    self.stats.overruns += 1;
-                    if let Some(suppressed) = self.log.allow() {
-                        tracing::warn!(
-                            overruns = self.stats.overruns,
-                            suppressed,
-                            "conntrack destroy events lost (receive buffer overrun)"
-                        );
-                    }
-                    return Ok(Recv::Overrun);
-                }
-                Err(source) => {
-                    return Err(CtnlError::Io {
-                        op: "receive destroy events",
-                        source,
-                    });
-                }
-            }
-        }
-    }
-
-    fn malformed(&mut self, e: DecodeError) -> CtnlError {
-        self.stats.malformed += 1;
-        if let Some(suppressed) = self.log.allow() {
-            tracing::warn!(error = %e, suppressed, "malformed conntrack destroy event");
-        }
-        CtnlError::Decode {
-            op: "destroy event",
-            source: e,
+            };
         }
     }
 }
 
 impl AsRawFd for DestroyListener {
     fn as_raw_fd(&self) -> RawFd {
-        self.sock.as_raw_fd()
+        self.events.as_raw_fd()
     }
 }
 
 impl AsFd for DestroyListener {
     fn as_fd(&self) -> BorrowedFd<'_> {
-        self.sock.as_fd()
+        self.events.as_fd()
     }
 }

@@ -52,7 +52,8 @@ use crate::conntrack::{
 };
 
 use super::consts::*;
-use super::encode::{EncodeOptions, encode_create};
+use super::decode::parse_tuple;
+use super::encode::{EncodeOptions, encode_create, put_tuple};
 use super::nla::{Attr, AttrIter, DecodeError, Msg, Writer};
 
 // ---- nfnetlink.h / nfnetlink_conntrack.h / nf_conntrack_common.h ----------------------
@@ -122,52 +123,6 @@ pub struct ExpectEncodeOptions {
 }
 
 // ---- encoding -------------------------------------------------------------------------
-
-/// Whether the kernel's tuple for `p` carries the 16-bit unions as
-/// CTA_PROTO_SRC_PORT / CTA_PROTO_DST_PORT (GRE keys included).
-fn ports_as_attrs(p: u8) -> bool {
-    proto::has_ports(p) || p == proto::GRE
-}
-
-fn put_tuple(w: &mut Writer<'_>, ty: u16, t: &Tuple, zone: Option<u16>) {
-    let outer = w.begin_nest(ty);
-    let ip = w.begin_nest(CTA_TUPLE_IP);
-    match t.family {
-        Family::V4 => {
-            w.put(CTA_IP_V4_SRC, &t.src[..4]);
-            w.put(CTA_IP_V4_DST, &t.dst[..4]);
-        }
-        Family::V6 => {
-            w.put(CTA_IP_V6_SRC, &t.src);
-            w.put(CTA_IP_V6_DST, &t.dst);
-        }
-    }
-    w.end_nest(ip);
-    let pr = w.begin_nest(CTA_TUPLE_PROTO);
-    w.put_u8(CTA_PROTO_NUM, t.proto);
-    match t.proto {
-        proto::ICMP => {
-            w.put(CTA_PROTO_ICMP_ID, &t.src_u);
-            w.put_u8(CTA_PROTO_ICMP_TYPE, t.dst_u[0]);
-            w.put_u8(CTA_PROTO_ICMP_CODE, t.dst_u[1]);
-        }
-        proto::ICMPV6 => {
-            w.put(CTA_PROTO_ICMPV6_ID, &t.src_u);
-            w.put_u8(CTA_PROTO_ICMPV6_TYPE, t.dst_u[0]);
-            w.put_u8(CTA_PROTO_ICMPV6_CODE, t.dst_u[1]);
-        }
-        p if ports_as_attrs(p) => {
-            w.put(CTA_PROTO_SRC_PORT, &t.src_u);
-            w.put(CTA_PROTO_DST_PORT, &t.dst_u);
-        }
-        _ => {}
-    }
-    w.end_nest(pr);
-    if let Some(z) = zone {
-        w.put_be16(CTA_TUPLE_ZONE, z);
-    }
-    w.end_nest(outer);
-}
 
 /// The mask as a full tuple, the way `ctnetlink_exp_dump_mask()` reports it: the kept
 /// source part, an all-ones destination. ICMP keeps the expected type/code instead of
@@ -585,89 +540,4 @@ fn parse_nat(a: &Attr<'_>, family: Family) -> Result<ExpectNat, DecodeError> {
         src: t.src,
         src_u: t.src_u,
     })
-}
-
-/// A tuple nest: (tuple, CTA_TUPLE_ZONE). Addresses and protocol are mandatory; the
-/// protocol's union attributes are optional (the kernel sends none for protocols it
-/// has no tuple attributes for).
-pub(super) fn parse_tuple(
-    a: &Attr<'_>,
-    family: Family,
-) -> Result<(Tuple, Option<u16>), DecodeError> {
-    let mut t = Tuple {
-        family,
-        proto: 0,
-        src: [0; 16],
-        dst: [0; 16],
-        src_u: [0; 2],
-        dst_u: [0; 2],
-    };
-    let (mut have_src, mut have_dst, mut have_proto) = (false, false, false);
-    let mut zone = None;
-    for a in a.nested() {
-        let a = a?;
-        match a.ty {
-            CTA_TUPLE_IP => {
-                for ip in a.nested() {
-                    let ip = ip?;
-                    match (ip.ty, family) {
-                        (CTA_IP_V4_SRC, Family::V4) => {
-                            t.src[..4].copy_from_slice(&ip.exact::<4>("CTA_IP_V4_SRC")?);
-                            have_src = true;
-                        }
-                        (CTA_IP_V4_DST, Family::V4) => {
-                            t.dst[..4].copy_from_slice(&ip.exact::<4>("CTA_IP_V4_DST")?);
-                            have_dst = true;
-                        }
-                        (CTA_IP_V6_SRC, Family::V6) => {
-                            t.src = ip.exact::<16>("CTA_IP_V6_SRC")?;
-                            have_src = true;
-                        }
-                        (CTA_IP_V6_DST, Family::V6) => {
-                            t.dst = ip.exact::<16>("CTA_IP_V6_DST")?;
-                            have_dst = true;
-                        }
-                        (CTA_IP_V4_SRC | CTA_IP_V4_DST | CTA_IP_V6_SRC | CTA_IP_V6_DST, _) => {
-                            return Err(DecodeError::Invalid(
-                                "address attribute of the other family",
-                            ));
-                        }
-                        _ => {}
-                    }
-                }
-            }
-            CTA_TUPLE_PROTO => {
-                for p in a.nested() {
-                    let p = p?;
-                    match p.ty {
-                        CTA_PROTO_NUM => {
-                            t.proto = p.u8("CTA_PROTO_NUM")?;
-                            have_proto = true;
-                        }
-                        CTA_PROTO_SRC_PORT => t.src_u = p.exact::<2>("CTA_PROTO_SRC_PORT")?,
-                        CTA_PROTO_DST_PORT => t.dst_u = p.exact::<2>("CTA_PROTO_DST_PORT")?,
-                        CTA_PROTO_ICMP_ID | CTA_PROTO_ICMPV6_ID => {
-                            t.src_u = p.exact::<2>("CTA_PROTO_ICMP_ID")?
-                        }
-                        CTA_PROTO_ICMP_TYPE | CTA_PROTO_ICMPV6_TYPE => {
-                            t.dst_u[0] = p.u8("CTA_PROTO_ICMP_TYPE")?
-                        }
-                        CTA_PROTO_ICMP_CODE | CTA_PROTO_ICMPV6_CODE => {
-                            t.dst_u[1] = p.u8("CTA_PROTO_ICMP_CODE")?
-                        }
-                        _ => {}
-                    }
-                }
-            }
-            CTA_TUPLE_ZONE => zone = Some(a.be16("CTA_TUPLE_ZONE")?),
-            _ => {}
-        }
-    }
-    if !have_src || !have_dst {
-        return Err(DecodeError::Missing("CTA_TUPLE_IP address"));
-    }
-    if !have_proto {
-        return Err(DecodeError::Missing("CTA_PROTO_NUM"));
-    }
-    Ok((t, zone))
 }

@@ -11,14 +11,12 @@ use std::{
 use crate::conntrack::ExpectChange;
 
 use super::{
-    CtnlError, ListenerConfig, ListenerStats, RateLimit,
-    consts::{NETLINK_BROADCAST_ERROR, NETLINK_NO_ENOBUFS, NLMSG_HDRLEN},
+    CtnlError, ListenerConfig, ListenerStats,
+    event_socket::{EventSocket, Names, Next},
     expect::{
         IPCTNL_MSG_EXP_DELETE, IPCTNL_MSG_EXP_NEW, NFNLGRP_CONNTRACK_EXP_DESTROY,
         NFNLGRP_CONNTRACK_EXP_NEW, is_exp_msg, parse_expect,
     },
-    nla::{DecodeError, MsgIter, align4},
-    socket::NlSocket,
 };
 
 /// One expectation event.
@@ -51,13 +49,7 @@ pub enum ExpectRecv {
 /// in. Register its fd with epoll (or tokio's `AsyncFd`) and call
 /// [`recv`](ExpectListener::recv) until it returns [`ExpectRecv::Empty`].
 pub struct ExpectListener {
-    sock: NlSocket,
-    buf: Vec<u8>,
-    /// Unread part of the last datagram: `buf[off..len]`.
-    off: usize,
-    len: usize,
-    stats: ListenerStats,
-    log: RateLimit,
+    events: EventSocket,
 }
 
 impl ExpectListener {
@@ -73,42 +65,39 @@ impl ExpectListener {
     /// Like [`new`](ExpectListener::new), with an explicit buffer size / reliability
     /// (NETLINK_BROADCAST_ERROR: see [`ListenerConfig::reliable`]).
     pub fn with_config(cfg: ListenerConfig) -> Result<ExpectListener, CtnlError> {
-        let io = |op| move |source| CtnlError::Io { op, source };
-        let sock = NlSocket::open(true).map_err(io("open expectation listener socket"))?;
-        sock.set_rcvbuf(cfg.rcvbuf).map_err(io("set SO_RCVBUF"))?;
-        sock.set_netlink_flag(NETLINK_NO_ENOBUFS, false)
-            .map_err(io("set NETLINK_NO_ENOBUFS"))?;
-        if cfg.reliable {
-            sock.set_netlink_flag(NETLINK_BROADCAST_ERROR, true)
-                .map_err(io("set NETLINK_BROADCAST_ERROR"))?;
-        }
-        sock.add_membership(NFNLGRP_CONNTRACK_EXP_NEW)
-            .map_err(io("join NFNLGRP_CONNTRACK_EXP_NEW"))?;
-        sock.add_membership(NFNLGRP_CONNTRACK_EXP_DESTROY)
-            .map_err(io("join NFNLGRP_CONNTRACK_EXP_DESTROY"))?;
-        Ok(ExpectListener {
-            sock,
-            buf: vec![0u8; 64 << 10],
-            off: 0,
-            len: 0,
-            stats: ListenerStats::default(),
-            log: RateLimit::new(),
-        })
+        let events = EventSocket::open(
+            cfg,
+            &[
+                (NFNLGRP_CONNTRACK_EXP_NEW, "join NFNLGRP_CONNTRACK_EXP_NEW"),
+                (
+                    NFNLGRP_CONNTRACK_EXP_DESTROY,
+                    "join NFNLGRP_CONNTRACK_EXP_DESTROY",
+                ),
+            ],
+            Names {
+                open: "open expectation listener socket",
+                receive: "receive expectation events",
+                event: "expectation event",
+                lost: "conntrack expectation events lost (receive buffer overrun)",
+                malformed: "malformed conntrack expectation event",
+            },
+        )?;
+        Ok(ExpectListener { events })
     }
 
     /// This socket's own port id (diagnostics; events carry the *causing* socket's).
     pub fn portid(&self) -> u32 {
-        self.sock.portid()
+        self.events.portid()
     }
 
     /// Effective receive buffer size (as the kernel reports it).
     pub fn rcvbuf(&self) -> io::Result<usize> {
-        self.sock.rcvbuf()
+        self.events.rcvbuf()
     }
 
     /// Counters since the listener was opened (`events`: NEW and DESTROY events).
     pub fn stats(&self) -> &ListenerStats {
-        &self.stats
+        &self.events.stats
     }
 
     /// Returns the next event, [`ExpectRecv::Overrun`] after lost events, or
@@ -116,97 +105,48 @@ impl ExpectListener {
     /// the next call continues after it.
     pub fn recv(&mut self) -> Result<ExpectRecv, CtnlError> {
         loop {
-            if self.off < self.len {
-                let rest = &self.buf[self.off..self.len];
-                let Some(next) = MsgIter::new(rest).next() else {
-                    self.off = self.len;
-                    continue;
-                };
-                let msg = match next {
-                    Ok(m) => m,
-                    Err(e) => {
-                        // The header cannot be trusted: drop the rest of the datagram.
-                        self.off = self.len;
-                        return Err(self.malformed(e));
-                    }
-                };
-                self.off += align4(NLMSG_HDRLEN + msg.payload.len());
-                let op = if is_exp_msg(&msg, IPCTNL_MSG_EXP_NEW) {
+            let next = self.events.next(|msg| {
+                let op = if is_exp_msg(msg, IPCTNL_MSG_EXP_NEW) {
                     IPCTNL_MSG_EXP_NEW
-                } else if is_exp_msg(&msg, IPCTNL_MSG_EXP_DELETE) {
+                } else if is_exp_msg(msg, IPCTNL_MSG_EXP_DELETE) {
                     IPCTNL_MSG_EXP_DELETE
                 } else {
-                    self.stats.ignored += 1;
+                    return None;
+                };
+                Some(parse_expect(msg).and_then(|p| {
+                    let id = p.id;
+                    Ok(ExpectEvent {
+                        change: p.change(op)?,
+                        portid: msg.pid,
+                        id,
+                    })
+                }))
+            })?;
+            return match next {
+                Next::Empty => Ok(ExpectRecv::Empty),
+                Next::Overrun => Ok(ExpectRecv::Overrun),
+                Next::Message(None) => {
+                    self.events.stats.ignored += 1;
                     continue;
-                };
-                let parsed = parse_expect(&msg).and_then(|p| Ok((p.change(op)?, p.id)));
-                let (change, id) = match parsed {
-                    Ok(c) => c,
-                    Err(e) => return Err(self.malformed(e)),
-                };
-                self.stats.events += 1;
-                return Ok(ExpectRecv::Event(ExpectEvent {
-                    change,
-                    portid: msg.pid,
-                    id,
-                }));
-            }
-            match self.sock.recv(&mut self.buf, true) {
-                Ok(n) if n > self.buf.len() => {
-                    self.off = 0;
-                    self.len = 0;
-                    return Err(self.malformed(DecodeError::Truncated {
-                        what: "datagram",
-                        need: n,
-                        have: self.buf.len(),
-                    }));
                 }
-                Ok(n) => {
-                    self.off = 0;
-                    self.len = n;
+                Next::Message(Some(Err(e))) => Err(self.events.malformed(e)),
+                Next::Message(Some(Ok(event))) => {
+                    self.events.stats.events += 1;
+                    Ok(ExpectRecv::Event(event))
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(ExpectRecv::Empty),
-                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
-                    self.stats.overruns += 1;
-                    if let Some(suppressed) = self.log.allow() {
-                        tracing::warn!(
-                            overruns = self.stats.overruns,
-                            suppressed,
-                            "conntrack expectation events lost (receive buffer overrun)"
-                        );
-                    }
-                    return Ok(ExpectRecv::Overrun);
-                }
-                Err(source) => {
-                    return Err(CtnlError::Io {
-                        op: "receive expectation events",
-                        source,
-                    });
-                }
-            }
-        }
-    }
-
-    fn malformed(&mut self, e: DecodeError) -> CtnlError {
-        self.stats.malformed += 1;
-        if let Some(suppressed) = self.log.allow() {
-            tracing::warn!(error = %e, suppressed, "malformed conntrack expectation event");
-        }
-        CtnlError::Decode {
-            op: "expectation event",
-            source: e,
+            };
         }
     }
 }
 
 impl AsRawFd for ExpectListener {
     fn as_raw_fd(&self) -> RawFd {
-        self.sock.as_raw_fd()
+        self.events.as_raw_fd()
     }
 }
 
 impl AsFd for ExpectListener {
     fn as_fd(&self) -> BorrowedFd<'_> {
-        self.sock.as_fd()
+        self.events.as_fd()
     }
 }

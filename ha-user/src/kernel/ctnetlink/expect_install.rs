@@ -28,13 +28,13 @@ use std::{
 
 use crate::conntrack::{Entry, ExpectChange, Expectation, Family, HelperName, Key, Tuple, Zone};
 
+use crate::kernel::netlink_socket::NlSocket;
+
 use super::{
     CtnlError, DumpStats, RateLimit,
-    consts::{
-        IPCTNL_MSG_CT_NEW, NETLINK_CAP_ACK, NETLINK_EXT_ACK, NLM_F_DUMP_INTR, NLMSG_DONE,
-        NLMSG_ERROR,
-    },
+    consts::{IPCTNL_MSG_CT_NEW, NETLINK_CAP_ACK, NETLINK_EXT_ACK, NLMSG_ERROR},
     decode::{errno_name, is_ct_msg, parse_ct, parse_error},
+    dump::{REQUEST_SEQ, Request, run_acked, run_dump},
     encode::{EncodeOptions, encode_delete},
     expect::{
         ExpectEncodeOptions, IPCTNL_MSG_EXP_NEW, MAX_EXP_MSG_LEN, encode_create_with_helper,
@@ -44,7 +44,6 @@ use super::{
     },
     nla::{MsgIter, Writer},
     replies,
-    socket::NlSocket,
 };
 
 /// Socket sizing and policy for an [`ExpectInstaller`].
@@ -234,30 +233,6 @@ pub struct ExpectInstaller {
     log: RateLimit,
 }
 
-fn set_rcvtimeo(sock: &NlSocket, d: Duration) -> Result<(), CtnlError> {
-    let tv = libc::timeval {
-        tv_sec: d.as_secs() as libc::time_t,
-        tv_usec: d.subsec_micros() as libc::suseconds_t,
-    };
-    // SAFETY: tv is a valid timeval for the duration of the call.
-    let r = unsafe {
-        libc::setsockopt(
-            std::os::fd::AsRawFd::as_raw_fd(sock),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            &tv as *const libc::timeval as *const libc::c_void,
-            mem::size_of::<libc::timeval>() as libc::socklen_t,
-        )
-    };
-    if r < 0 {
-        return Err(CtnlError::Io {
-            op: "set SO_RCVTIMEO",
-            source: io::Error::last_os_error(),
-        });
-    }
-    Ok(())
-}
-
 fn errno_of(e: &io::Error) -> i32 {
     e.raw_os_error().unwrap_or(libc::EIO)
 }
@@ -270,7 +245,7 @@ impl ExpectInstaller {
 
     pub fn with_config(cfg: ExpectInstallerConfig) -> Result<ExpectInstaller, CtnlError> {
         let io = |op| move |source| CtnlError::Io { op, source };
-        let sock = NlSocket::open(false).map_err(io("open expectation installer socket"))?;
+        let sock = NlSocket::netfilter(false).map_err(io("open expectation installer socket"))?;
         let sndbuf = sock.set_sndbuf(cfg.sndbuf).map_err(io("set SO_SNDBUF"))?;
         let rcvbuf = sock.set_rcvbuf(cfg.rcvbuf).map_err(io("set SO_RCVBUF"))?;
         sock.set_netlink_flag(NETLINK_CAP_ACK, true)
@@ -279,7 +254,8 @@ impl ExpectInstaller {
             .map_err(io("set NETLINK_EXT_ACK"))?;
         // Only the blocking reads of master repairs wait; batch replies are drained
         // with MSG_DONTWAIT.
-        set_rcvtimeo(&sock, REQUEST_TIMEOUT)?;
+        sock.set_recv_timeout(REQUEST_TIMEOUT)
+            .map_err(io("set SO_RCVTIMEO"))?;
         let max_batch_bytes = sndbuf.saturating_sub(64).max(2 * MAX_EXP_MSG_LEN);
         Ok(ExpectInstaller {
             sock,
@@ -660,19 +636,6 @@ fn superseded(changes: &[ExpectChange], i: usize) -> bool {
 
 // ---- dump / flush -----------------------------------------------------------------------
 
-fn request_socket() -> Result<NlSocket, CtnlError> {
-    let sock = NlSocket::open(false).map_err(|source| CtnlError::Io {
-        op: "open expectation dump socket",
-        source,
-    })?;
-    sock.set_rcvbuf(4 << 20).map_err(|source| CtnlError::Io {
-        op: "set SO_RCVBUF",
-        source,
-    })?;
-    set_rcvtimeo(&sock, Duration::from_secs(30))?;
-    Ok(sock)
-}
-
 /// Every expectation of the calling thread's namespace (one family, or both with
 /// `None`), for bulk resync and tests. Zones are not reported by the kernel: every
 /// expectation comes back in [`Zone::DEFAULT`].
@@ -688,110 +651,35 @@ pub fn dump_expectations_into(
     family: Option<Family>,
     out: &mut Vec<Expectation>,
 ) -> Result<DumpStats, CtnlError> {
-    const SEQ: u32 = 1;
-    let sock = request_socket()?;
     let mut req = Vec::with_capacity(64);
-    encode_expect_dump(&mut Writer::new(&mut req), SEQ, family);
-    sock.send(&req).map_err(|source| CtnlError::Io {
-        op: "send expectation dump request",
-        source,
-    })?;
-    let mut stats = DumpStats::default();
-    let mut buf = vec![0u8; 256 << 10];
-    loop {
-        let n = sock.recv(&mut buf, false).map_err(|source| CtnlError::Io {
-            op: "receive expectation dump",
-            source,
-        })?;
-        if n > buf.len() {
-            stats.malformed += 1;
-            continue;
-        }
-        for m in MsgIter::new(&buf[..n]) {
-            let m = match m {
-                Ok(m) => m,
-                Err(e) => {
-                    stats.malformed += 1;
-                    tracing::warn!(error = %e, "expectation dump: malformed datagram");
-                    break;
-                }
-            };
-            if m.seq != SEQ {
-                continue;
-            }
-            if m.flags & NLM_F_DUMP_INTR != 0 {
-                stats.interrupted = true;
-            }
-            match m.ty {
-                NLMSG_DONE => return Ok(stats),
-                NLMSG_ERROR => match parse_error(&m) {
-                    Ok(0) => {}
-                    Ok(errno) => {
-                        return Err(CtnlError::Kernel {
-                            op: "expectation dump",
-                            errno,
-                        });
-                    }
-                    Err(source) => {
-                        return Err(CtnlError::Decode {
-                            op: "expectation dump",
-                            source,
-                        });
-                    }
-                },
-                _ if is_exp_msg(&m, IPCTNL_MSG_EXP_NEW) => {
-                    match parse_expect(&m).and_then(|x| x.expectation()) {
-                        Ok(e) => {
-                            out.push(e);
-                            stats.entries += 1;
-                        }
-                        Err(e) => {
-                            stats.malformed += 1;
-                            tracing::warn!(error = %e, "expectation dump: skipping malformed expectation");
-                        }
-                    }
-                }
-                _ => {}
-            }
-        }
-    }
+    encode_expect_dump(&mut Writer::new(&mut req), REQUEST_SEQ, family);
+    run_dump(&req, &EXPECT_DUMP, |m| {
+        is_exp_msg(m, IPCTNL_MSG_EXP_NEW).then(|| {
+            parse_expect(m)
+                .and_then(|x| x.expectation())
+                .map(|e| out.push(e))
+        })
+    })
 }
 
 /// Deletes every expectation of the calling thread's namespace (each one emits a
 /// destroy event).
 pub fn flush_expectations() -> Result<(), CtnlError> {
-    const SEQ: u32 = 1;
-    let sock = request_socket()?;
     let mut req = Vec::with_capacity(32);
-    encode_expect_flush(&mut Writer::new(&mut req), SEQ);
-    sock.send(&req).map_err(|source| CtnlError::Io {
-        op: "send expectation flush",
-        source,
-    })?;
-    let mut buf = vec![0u8; 8 << 10];
-    loop {
-        let n = sock.recv(&mut buf, false).map_err(|source| CtnlError::Io {
-            op: "receive expectation flush reply",
-            source,
-        })?;
-        for m in MsgIter::new(&buf[..n.min(buf.len())]) {
-            let m = m.map_err(|source| CtnlError::Decode {
-                op: "expectation flush",
-                source,
-            })?;
-            if m.ty == NLMSG_ERROR && m.seq == SEQ {
-                return match parse_error(&m) {
-                    Ok(0) => Ok(()),
-                    Ok(errno) => Err(CtnlError::Kernel {
-                        op: "expectation flush",
-                        errno,
-                    }),
-                    Err(source) => Err(CtnlError::Decode {
-                        op: "expectation flush",
-                        source,
-                    }),
-                };
-            }
-        }
-    }
+    encode_expect_flush(&mut Writer::new(&mut req), REQUEST_SEQ);
+    run_acked(&req, &EXPECT_FLUSH)
 }
+
+const EXPECT_DUMP: Request = Request {
+    op: "expectation dump",
+    send: "send expectation dump request",
+    receive: "receive expectation dump",
+    item: "expectation",
+};
+
+const EXPECT_FLUSH: Request = Request {
+    op: "expectation flush",
+    send: "send expectation flush",
+    receive: "receive expectation flush reply",
+    item: "expectation",
+};

@@ -10,6 +10,8 @@ use std::{collections::HashMap, mem};
 
 use crate::conntrack::{Change, Key};
 
+use crate::kernel::netlink_socket::NlSocket;
+
 use super::{
     CtnlError, RateLimit,
     consts::{NETLINK_CAP_ACK, NETLINK_EXT_ACK},
@@ -17,7 +19,6 @@ use super::{
     encode::{EncodeOptions, MAX_MSG_LEN, encode_create, encode_delete, encode_update},
     nla::Writer,
     replies,
-    socket::NlSocket,
 };
 
 /// Socket sizing and encoding policy for an [`Installer`].
@@ -250,7 +251,7 @@ impl Installer {
     /// Like [`new`](Installer::new), with explicit buffer sizes and encoding policy.
     pub fn with_config(cfg: InstallerConfig) -> Result<Installer, CtnlError> {
         let io = |op| move |source| CtnlError::Io { op, source };
-        let sock = NlSocket::open(false).map_err(io("open installer socket"))?;
+        let sock = NlSocket::netfilter(false).map_err(io("open installer socket"))?;
         let sndbuf = sock.set_sndbuf(cfg.sndbuf).map_err(io("set SO_SNDBUF"))?;
         let rcvbuf = sock.set_rcvbuf(cfg.rcvbuf).map_err(io("set SO_RCVBUF"))?;
         // Failure replies carry only the request's header, not the whole request.

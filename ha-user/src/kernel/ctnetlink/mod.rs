@@ -14,6 +14,7 @@ pub mod consts;
 pub mod decode;
 pub mod dump;
 pub mod encode;
+mod event_socket;
 pub mod events;
 pub mod expect;
 pub mod expect_events;
@@ -21,7 +22,6 @@ pub mod expect_install;
 pub mod installer;
 pub mod nla;
 mod replies;
-pub mod socket;
 
 #[cfg(test)]
 mod expect_tests;

@@ -5,7 +5,9 @@
 
 use std::io;
 
-use super::{RateLimit, consts::NLMSG_ERROR, decode::parse_error, nla::MsgIter, socket::NlSocket};
+use crate::kernel::netlink_socket::NlSocket;
+
+use super::{RateLimit, consts::NLMSG_ERROR, decode::parse_error, nla::MsgIter};
 
 /// What reading a batch's replies could not attribute.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]

@@ -639,7 +639,7 @@ fn reply_tuple_alone_is_not_a_nat_binding() {
     let e = tcp_snat();
     let dumped = ns
         .enter(move || {
-            let sock = socket::NlSocket::open(false).unwrap();
+            let sock = crate::kernel::netlink_socket::NlSocket::netfilter(false).unwrap();
             let mut buf = Vec::new();
             let mut w = Writer::new(&mut buf);
             // Hand-made create: translated reply, no CTA_NAT_SRC.

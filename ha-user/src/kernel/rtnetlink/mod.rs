@@ -18,7 +18,6 @@ pub mod consts;
 mod link;
 mod monitor;
 mod msg;
-mod socket;
 
 #[cfg(test)]
 mod tests;
@@ -33,8 +32,8 @@ pub use monitor::{Groups, LinkMonitor, RtEvent};
 
 pub use crate::kernel::ctnetlink::nla::DecodeError;
 use crate::kernel::ctnetlink::nla::{self, Msg, MsgIter};
+use crate::kernel::netlink_socket::NlSocket;
 use consts::*;
-use socket::RouteSocket;
 
 /// An interface given by name or by index.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -187,7 +186,7 @@ const DUMP_RETRIES: usize = 5;
 /// A synchronous rtnetlink handle bound to the network namespace of the thread that
 /// opened it. One request at a time (`&mut self`); cheap to keep open.
 pub struct Rtnl {
-    sock: RouteSocket,
+    sock: NlSocket,
     seq: u32,
     req: Vec<u8>,
     rbuf: Vec<u8>,
@@ -200,7 +199,7 @@ impl Rtnl {
             ctx: ctx.clone(),
             source,
         };
-        let sock = RouteSocket::open(false).map_err(io)?;
+        let sock = NlSocket::route(false).map_err(io)?;
         sock.set_recv_timeout(REPLY_TIMEOUT).map_err(io)?;
         // Best effort: error text from the kernel, short ACKs, kernel-side dump filters.
         for opt in [NETLINK_EXT_ACK, NETLINK_CAP_ACK, NETLINK_GET_STRICT_CHK] {

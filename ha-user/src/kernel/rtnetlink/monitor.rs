@@ -16,8 +16,8 @@ use super::{
     consts::*,
     link::decode_link,
     nla::{DecodeError, Msg, MsgIter},
-    socket::RouteSocket,
 };
+use crate::kernel::netlink_socket::NlSocket;
 
 /// Which notifications to receive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,7 +89,7 @@ const RCVBUF_BYTES: i32 = 1 << 20;
 
 /// A subscription to rtnetlink change notifications in the opening thread's namespace.
 pub struct LinkMonitor {
-    sock: RouteSocket,
+    sock: NlSocket,
     buf: Vec<u8>,
 }
 
@@ -100,7 +100,7 @@ impl LinkMonitor {
             ctx: ctx.clone(),
             source,
         };
-        let sock = RouteSocket::open(true).map_err(io)?;
+        let sock = NlSocket::route(true).map_err(io)?;
         // Best effort: the cap is net.core.rmem_max; overruns are reported anyway.
         let _ = sock.set_int_opt(libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, RCVBUF_BYTES);
         for (on, group) in [

@@ -1,16 +1,18 @@
-//! A `NETLINK_NETFILTER` socket over plain libc: open/bind, buffer sizes, multicast
-//! groups, send to the kernel, receive datagrams that came from the kernel.
+//! A netlink socket over plain libc, for ctnetlink (`NETLINK_NETFILTER`) and
+//! rtnetlink (`NETLINK_ROUTE`) alike: open/bind, buffer sizes, multicast groups, send
+//! to the kernel, receive datagrams that came from the kernel.
 //!
 //! The socket belongs to the network namespace of the thread that opens it.
 
 use std::{
     io, mem,
     os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd},
+    time::Duration,
 };
 
-use super::consts::{NETLINK_NETFILTER, SOL_NETLINK};
+use libc::SOL_NETLINK;
 
-/// An open, bound netfilter netlink socket.
+/// An open, bound netlink socket.
 #[derive(Debug)]
 pub struct NlSocket {
     fd: OwnedFd,
@@ -33,16 +35,26 @@ fn kernel_addr() -> libc::sockaddr_nl {
 }
 
 impl NlSocket {
-    /// Opens and binds a socket; the kernel picks the port id. `nonblocking` sets
-    /// O_NONBLOCK (event listeners); request sockets stay blocking and use MSG_DONTWAIT
-    /// where they must not wait.
-    pub fn open(nonblocking: bool) -> io::Result<NlSocket> {
+    /// A `NETLINK_NETFILTER` socket (ctnetlink); see [`open`](NlSocket::open).
+    pub fn netfilter(nonblocking: bool) -> io::Result<NlSocket> {
+        NlSocket::open(libc::NETLINK_NETFILTER, nonblocking)
+    }
+
+    /// A `NETLINK_ROUTE` socket (rtnetlink); see [`open`](NlSocket::open).
+    pub fn route(nonblocking: bool) -> io::Result<NlSocket> {
+        NlSocket::open(libc::NETLINK_ROUTE, nonblocking)
+    }
+
+    /// Opens and binds a socket of `protocol`; the kernel picks the port id.
+    /// `nonblocking` sets O_NONBLOCK (event listeners); request sockets stay blocking
+    /// and use MSG_DONTWAIT where they must not wait.
+    pub fn open(protocol: libc::c_int, nonblocking: bool) -> io::Result<NlSocket> {
         let mut ty = libc::SOCK_RAW | libc::SOCK_CLOEXEC;
         if nonblocking {
             ty |= libc::SOCK_NONBLOCK;
         }
         // SAFETY: plain syscall; the returned fd is owned below.
-        let fd = cvt(unsafe { libc::socket(libc::AF_NETLINK, ty, NETLINK_NETFILTER) })?;
+        let fd = cvt(unsafe { libc::socket(libc::AF_NETLINK, ty, protocol) })?;
         // SAFETY: fd was just returned by socket() and is owned by nobody else.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         let addr = kernel_addr();
@@ -85,6 +97,25 @@ impl NlSocket {
                 name,
                 &value as *const i32 as *const libc::c_void,
                 mem::size_of::<i32>() as libc::socklen_t,
+            )
+        })
+        .map(|_| ())
+    }
+
+    /// Bounds every blocking receive, so a lost reply cannot hang the caller.
+    pub fn set_recv_timeout(&self, t: Duration) -> io::Result<()> {
+        let tv = libc::timeval {
+            tv_sec: t.as_secs() as libc::time_t,
+            tv_usec: t.subsec_micros() as libc::suseconds_t,
+        };
+        // SAFETY: tv is a valid timeval for the duration of the call.
+        cvt(unsafe {
+            libc::setsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                &tv as *const libc::timeval as *const libc::c_void,
+                mem::size_of::<libc::timeval>() as libc::socklen_t,
             )
         })
         .map(|_| ())
@@ -135,11 +166,7 @@ impl NlSocket {
     }
 
     pub fn add_membership(&self, group: u32) -> io::Result<()> {
-        self.set_int_opt(
-            SOL_NETLINK,
-            super::consts::NETLINK_ADD_MEMBERSHIP,
-            group as i32,
-        )
+        self.set_int_opt(SOL_NETLINK, libc::NETLINK_ADD_MEMBERSHIP, group as i32)
     }
 
     /// Sends one datagram (any number of messages) to the kernel. The kernel processes
