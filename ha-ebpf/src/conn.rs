@@ -124,7 +124,7 @@ pub fn report(ct: u64, hook: u8, packet: Packet, reply: bool) -> Result<(), ()> 
         count(counter::READ_ERROR);
         return Err(());
     }
-    let status: u32 = at(buf, rodata!(LAYOUT.ct_status));
+    let mut status: u32 = at(buf, rodata!(LAYOUT.ct_status));
     if status & (IPS_DYING | IPS_TEMPLATE) != 0
         || !may_report(status, hook, rodata!(TUNING.new_hooks))
     {
@@ -137,7 +137,7 @@ pub fn report(ct: u64, hook: u8, packet: Packet, reply: bool) -> Result<(), ()> 
     // SAFETY: plain helper call.
     let now_j = unsafe { bpf_jiffies64() } as u32;
     let raw_timeout: u32 = at(buf, rodata!(LAYOUT.ct_timeout));
-    let (remaining, deadline) = if confirmed {
+    let (mut remaining, deadline) = if confirmed {
         let left = raw_timeout.wrapping_sub(now_j) as i32;
         (if left > 0 { left as u32 } else { 0 }, raw_timeout)
     } else {
@@ -146,14 +146,14 @@ pub fn report(ct: u64, hook: u8, packet: Packet, reply: bool) -> Result<(), ()> 
 
     let tuple_orig = rodata!(LAYOUT.ct_tuple_orig);
     let protonum: u8 = at(buf, rel(tuple_orig, TUPLE_PROTONUM));
-    let state = proto_state(buf, protonum);
+    let mut state = proto_state(buf, protonum);
     let (mut flag0, mut flag1) = (0u8, 0u8);
     if protonum == 6 {
         let base = rodata!(LAYOUT.ct_proto);
         flag0 = at(buf, rel(base, rodata!(LAYOUT.tcp_flags[0])));
         flag1 = at(buf, rel(base, rodata!(LAYOUT.tcp_flags[1])));
     }
-    let mark: u32 = at(buf, rodata!(LAYOUT.ct_mark));
+    let mut mark: u32 = at(buf, rodata!(LAYOUT.ct_mark));
     let labels = labels(buf);
     let seen = CtSeen {
         status: status & STATUS_REPLICATED,
@@ -169,11 +169,18 @@ pub fn report(ct: u64, hook: u8, packet: Packet, reply: bool) -> Result<(), ()> 
         },
     };
 
+    // The entry's dedup record, if it has one (a new entry never has: a record at a
+    // recycled address belongs to an earlier entry and is overwritten below).
+    let record = if confirmed {
+        SEEN.get_ptr_mut(ct)
+    } else {
+        None
+    };
     let ev_kind = if !confirmed {
         kind::NEW
     } else {
-        // SAFETY: the value is copied out before any other map operation.
-        match unsafe { SEEN.get(ct) } {
+        // SAFETY: a map value pointer; the value is copied out at once.
+        match record.map(|p| unsafe { core::ptr::read_volatile(p) }) {
             // A sync filter keeps this entry off the wire: nothing more to look at.
             Some(prev) if prev.status & SEEN_FILTERED != 0 => return Ok(()),
             Some(prev) => {
@@ -221,6 +228,28 @@ pub fn report(ct: u64, hook: u8, packet: Packet, reply: bool) -> Result<(), ()> 
         count(counter::RINGBUF_FULL);
         return Err(());
     };
+    // Copy the entry again now that the record has its place in the ring. Packets of
+    // one connection run on several CPUs at once (one per direction): a CPU that
+    // copied the entry before another CPU's packet changed it may reserve after that
+    // CPU's event, and the peer, applying events in ring order, would end with the
+    // older state (seen as a TCP entry left in FIN_WAIT on the peer). The
+    // reservation orders the copies: the last record holds the newest state.
+    // SAFETY: probe reads fault safely.
+    if unsafe { bpf_probe_read_kernel_buf(ct as *const u8, &mut buf[..size]) }.is_ok() {
+        status = at(buf, rodata!(LAYOUT.ct_status));
+        let raw: u32 = at(buf, rodata!(LAYOUT.ct_timeout));
+        if confirmed {
+            let left = raw.wrapping_sub(now_j) as i32;
+            remaining = if left > 0 { left as u32 } else { 0 };
+        }
+        state = proto_state(buf, protonum);
+        if protonum == 6 {
+            let base = rodata!(LAYOUT.ct_proto);
+            flag0 = at(buf, rel(base, rodata!(LAYOUT.tcp_flags[0])));
+            flag1 = at(buf, rel(base, rodata!(LAYOUT.tcp_flags[1])));
+        }
+        mark = at(buf, rodata!(LAYOUT.ct_mark));
+    }
     // SAFETY: plain helper call.
     let now_ns = unsafe { bpf_ktime_get_ns() };
     let ev = entry.as_mut_ptr();
@@ -268,7 +297,17 @@ pub fn report(ct: u64, hook: u8, packet: Packet, reply: bool) -> Result<(), ()> 
         (*ev).ts_ns = now_ns;
     }
     entry.submit(wake_flags(now_ns));
-    let _ = SEEN.insert(ct, seen, 0);
+    match record {
+        // Rewritten in place: an LRU update allocates a node, links it and frees the
+        // old one, the program's most expensive step, and a TCP connection changes
+        // state four or five times. A reader on another CPU may see a torn record: it
+        // then differs from every real state, so the worst case is one repeated event.
+        // SAFETY: a map value pointer taken above in this run.
+        Some(p) => unsafe { core::ptr::write_volatile(p, seen) },
+        None => {
+            let _ = SEEN.insert(ct, seen, 0);
+        }
+    }
     count(match ev_kind {
         kind::NEW => counter::NEW,
         kind::UPDATE => counter::UPDATE,
