@@ -28,6 +28,7 @@ use super::{
     expectations::{Outbound, master_replicable},
     replica::ReplicaSet,
     resync::{self, EgressCmd, OwnedJob, Serving, SyncState},
+    reused::RecentlyCreated,
     timer::Timer,
 };
 use crate::{
@@ -71,6 +72,9 @@ struct Stats {
     deletes_replica: u64,
     /// Deletions of entries a sync filter kept off the wire.
     deletes_filtered: u64,
+    /// Destroyed entries whose key was in the table again (a reopened connection):
+    /// the deletion went out followed by the successor.
+    deletes_superseded: u64,
     digests_sent: u64,
     repairs_served: u64,
     /// Entries re-sent in bulk resyncs and bucket repairs (not live changes).
@@ -149,6 +153,8 @@ struct Loop {
     /// Expectations sent (so their ends follow) and what was done with their events.
     expects: Outbound,
     expect_events: Vec<ctnetlink::ExpectEvent>,
+    /// New entries just sent, to order a late destroy of the same key after them.
+    recently_created: RecentlyCreated,
 }
 
 impl Egress {
@@ -175,6 +181,7 @@ impl Egress {
             settle_by: Instant::now() + SETTLE_WITHIN,
             expects: Outbound::default(),
             expect_events: Vec::new(),
+            recently_created: RecentlyCreated::new(Instant::now()),
             e: self,
         };
         let sources = [
@@ -250,10 +257,13 @@ impl Loop {
             total += n;
             let now = Instant::now();
             for (change, _ts) in self.changes.drain(..) {
-                if !self.e.replica.is_empty() {
-                    // Traffic for this entry flows here now: it is ours.
-                    if let Change::Upsert { entry, .. } = &change {
+                if let Change::Upsert { entry, new } = &change {
+                    if !self.e.replica.is_empty() {
+                        // Traffic for this entry flows here now: it is ours.
                         self.e.replica.remove(&entry.key());
+                    }
+                    if *new {
+                        self.recently_created.created(entry, now);
                     }
                 }
                 let change = match self.e.delay.as_mut() {
@@ -638,6 +648,16 @@ impl Loop {
                         if pass {
                             self.stats.deletes_sent += 1;
                             let _ = self.e.sender.push(&delete);
+                            // A reopened connection: the peer already has the successor
+                            // (sent before this destroy event was read), which the delete
+                            // just removed. Send it again.
+                            if let Some(successor) = self.successor(&d.key) {
+                                self.stats.deletes_superseded += 1;
+                                let _ = self.e.sender.push(&Change::Upsert {
+                                    entry: successor,
+                                    new: true,
+                                });
+                            }
                         }
                     }
                 }
@@ -657,6 +677,22 @@ impl Loop {
         }
         self.e.sender.flush();
         self.send_ready();
+    }
+
+    /// The entry now holding a destroyed key, when its creation already went to the
+    /// peer (see [`super::reused`]). Asks the kernel only for such keys.
+    fn successor(&mut self, key: &crate::conntrack::Key) -> Option<Entry> {
+        if !self.recently_created.contains(key, Instant::now()) {
+            return None;
+        }
+        match ctnetlink::lookup(key) {
+            Ok(found) => found,
+            Err(e) => {
+                // The deletion stands; a digest repairs the peer if it was wrong.
+                tracing::warn!(error = %e, "looking up a reopened connection");
+                None
+            }
+        }
     }
 
     fn peers_decode_expect(&self) -> bool {
@@ -877,6 +913,12 @@ impl Loop {
                 s.deletes_filtered,
             )
             .label("action", "filtered"),
+            Sample::counter(
+                "deletes",
+                "Destroy events by what was done with them",
+                s.deletes_superseded,
+            )
+            .label("action", "superseded"),
             Sample::counter(
                 "destroy_overruns",
                 "Destroy-event socket overruns (events lost)",

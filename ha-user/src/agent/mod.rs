@@ -18,6 +18,7 @@ pub mod expectations;
 pub mod ingress;
 pub mod replica;
 pub mod resync;
+pub mod reused;
 pub mod settings;
 pub mod systemd;
 pub mod timer;

@@ -214,10 +214,23 @@ fn sync_metrics(ns: &NetNs) -> String {
 /// panics with the difference.
 pub fn wait_tables_equal(a: &Firewall, b: &Firewall, min: usize, timeout: Duration) -> Vec<CtLine> {
     let deadline = Instant::now() + timeout;
+    // Entries may expire before the deadline (UDP: 30 s unreplied); show what differed
+    // while they were all still there.
+    let mut early = Some(Instant::now() + Duration::from_secs(10));
     loop {
         let (ta, tb) = (forwarded(a), forwarded(b));
         if ta.len() >= min && ta == tb {
             return ta;
+        }
+        if early.is_some_and(|t| Instant::now() > t) {
+            early = None;
+            let only_a: Vec<_> = ta.iter().filter(|l| !tb.contains(l)).take(10).collect();
+            let only_b: Vec<_> = tb.iter().filter(|l| !ta.contains(l)).take(10).collect();
+            eprintln!(
+                "tables still differ after 10 s: a has {}, b has {}\nonly on a: {only_a:#?}\nonly on b: {only_b:#?}",
+                ta.len(),
+                tb.len()
+            );
         }
         if Instant::now() > deadline {
             let only_a: Vec<_> = ta.iter().filter(|l| !tb.contains(l)).take(10).collect();

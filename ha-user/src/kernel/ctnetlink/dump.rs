@@ -1,8 +1,9 @@
-//! Reading the whole table (bulk resync, tests) and flushing it (tests, `hasync flush`).
+//! Reading the whole table (bulk resync, tests) or one entry, and flushing it (tests,
+//! `hasync flush`).
 
 use std::time::Duration;
 
-use crate::conntrack::{Entry, Family};
+use crate::conntrack::{Entry, Family, Key};
 
 use crate::kernel::netlink_socket::NlSocket;
 
@@ -11,6 +12,7 @@ use super::{
     consts::{IPCTNL_MSG_CT_NEW, NLM_F_DUMP_INTR, NLMSG_DONE, NLMSG_ERROR},
     decode::{is_ct_msg, parse_ct, parse_error},
     encode::{encode_dump, encode_flush},
+    expect::encode_ct_get,
     nla::{DecodeError, Msg, MsgIter, Writer},
 };
 
@@ -171,6 +173,58 @@ pub(super) fn run_acked(req: &[u8], r: &Request) -> Result<(), CtnlError> {
                     Ok(errno) => Err(CtnlError::Kernel { op: r.op, errno }),
                     Err(source) => Err(CtnlError::Decode { op: r.op, source }),
                 };
+            }
+        }
+    }
+}
+
+/// The entry with `key` in the calling thread's namespace, if there is one.
+pub fn lookup(key: &Key) -> Result<Option<Entry>, CtnlError> {
+    let sock = request_socket()?;
+    let mut req = Vec::with_capacity(256);
+    encode_ct_get(&mut Writer::new(&mut req), REQUEST_SEQ, &key.orig, key.zone);
+    sock.send(&req).map_err(|source| CtnlError::Io {
+        op: "send lookup",
+        source,
+    })?;
+    let mut buf = vec![0u8; 16 << 10];
+    let mut found = None;
+    loop {
+        let n = sock.recv(&mut buf, false).map_err(|source| CtnlError::Io {
+            op: "receive lookup reply",
+            source,
+        })?;
+        for m in MsgIter::new(&buf[..n.min(buf.len())]) {
+            let m = m.map_err(|source| CtnlError::Decode {
+                op: "lookup",
+                source,
+            })?;
+            if m.seq != REQUEST_SEQ {
+                continue;
+            }
+            if m.ty == NLMSG_ERROR {
+                return match parse_error(&m) {
+                    Ok(0) => Ok(found),
+                    Ok(libc::ENOENT) => Ok(None),
+                    Ok(errno) => Err(CtnlError::Kernel {
+                        op: "lookup",
+                        errno,
+                    }),
+                    Err(source) => Err(CtnlError::Decode {
+                        op: "lookup",
+                        source,
+                    }),
+                };
+            }
+            if is_ct_msg(&m, IPCTNL_MSG_CT_NEW) {
+                let entry =
+                    parse_ct(&m)
+                        .and_then(|c| c.entry())
+                        .map_err(|source| CtnlError::Decode {
+                            op: "lookup",
+                            source,
+                        })?;
+                found = Some(entry);
             }
         }
     }

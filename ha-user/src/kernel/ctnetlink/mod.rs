@@ -31,7 +31,7 @@ mod tests;
 use std::time::{Duration, Instant};
 
 pub use decode::{CtMessage, errno_name};
-pub use dump::{DumpStats, dump, dump_into, flush};
+pub use dump::{DumpStats, dump, dump_into, flush, lookup};
 pub use encode::EncodeOptions;
 pub use events::{DestroyListener, Destroyed, ListenerConfig, ListenerStats, Recv};
 pub use expect::{ExpMessage, ExpectEncodeOptions, HelperNamePolicy};
