@@ -530,6 +530,11 @@ impl Loop {
                 rx.recovered,
             ),
             Sample::counter(
+                "sync_stale_changes_dropped",
+                "Changes in late (gap-filling) datagrams skipped: a later datagram had changed the entry",
+                rx.stale_dropped,
+            ),
+            Sample::counter(
                 "sync_peer_restarts",
                 "Peers that came back with a new epoch",
                 rx.epoch_changes,

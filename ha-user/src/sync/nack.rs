@@ -416,6 +416,11 @@ impl Gaps {
         out
     }
 
+    /// Whether any gap is being tracked (filled or not; cheap, for every datagram).
+    pub fn any(&self) -> bool {
+        !self.gaps.is_empty()
+    }
+
     /// Gives up everything still missing (the peer's epoch ended) and forgets it.
     pub fn clear(&mut self, w: &ReplayWindow, reason: GiveUpReason) -> Option<GiveUp> {
         let out = self.give_up_below(w, u64::MAX, reason);

@@ -36,7 +36,8 @@ use super::wire::{
     self, Alive, Datagram, DigestChunk, DigestRequest, Hello, Message, MsgType, Nack, RepairDone,
     RepairRequest, ResyncDone, ResyncRequest,
 };
-use crate::conntrack::{Change, ExpectChange};
+use crate::conntrack::{Change, ExpectChange, Key};
+use std::collections::HashMap;
 
 pub const DEFAULT_MAX_PEERS: usize = 32;
 /// Retired epochs remembered per peer.
@@ -87,6 +88,8 @@ pub struct PeerStats {
     pub repaired: u64,
     /// Missing sequences given up (reported for a resync).
     pub given_up: u64,
+    /// Changes dropped from gap-filling datagrams: a later datagram had changed the key.
+    pub stale_dropped: u64,
 }
 
 /// Where we stand with a peer's stream ("in sync / behind by N").
@@ -117,9 +120,52 @@ pub struct Peer {
     version: PeerVersion,
     /// Given up, not yet polled.
     resync: Option<ResyncNeeded>,
+    /// While gaps are open: the sequence of the latest datagram that changed each key.
+    /// A datagram that fills a gap arrives after later ones were applied; its change
+    /// of a key a later datagram already changed is stale and is dropped, or a
+    /// retransmitted ESTABLISHED would overwrite the CLOSE that followed it.
+    newer: HashMap<Key, u64>,
 }
 
+/// Keys remembered while gaps are open, at most (beyond, stale changes from
+/// retransmissions can again overwrite newer ones; the consistency check repairs).
+const NEWER_KEYS_MAX: usize = 1 << 20;
+
 impl Peer {
+    /// Keeps a gap-filling datagram from undoing later changes (see `newer`): drops
+    /// from `changes[first..]` what a later datagram already changed, and remembers
+    /// this datagram's keys while gaps are open. Returns how many were dropped.
+    fn order(
+        &mut self,
+        seq: u64,
+        old_highest: u64,
+        changes: &mut Vec<Change>,
+        first: usize,
+    ) -> usize {
+        if !self.gaps.any() {
+            self.newer.clear();
+            return 0;
+        }
+        let before = changes.len();
+        if seq < old_highest {
+            let newer = &self.newer;
+            let mut i = 0;
+            changes.retain(|c| {
+                let keep = i < first || newer.get(&change_key(c)).is_none_or(|&s| s < seq);
+                i += 1;
+                keep
+            });
+        }
+        for c in &changes[first..] {
+            if self.newer.len() >= NEWER_KEYS_MAX {
+                break;
+            }
+            let s = self.newer.entry(change_key(c)).or_insert(seq);
+            *s = (*s).max(seq);
+        }
+        before - changes.len()
+    }
+
     pub fn node(&self) -> u32 {
         self.node
     }
@@ -525,6 +571,7 @@ impl Receiver {
         st.datagrams += 1;
         st.bytes += datagram.len() as u64;
 
+        let first = changes.len();
         let payload = match dg.message()? {
             Message::Data(records) => {
                 let (n, x) = match expects {
@@ -540,7 +587,10 @@ impl Receiver {
                 p.stats.records += (n + x) as u64;
                 st.records += (n + x) as u64;
                 st.expect_records += x as u64;
-                Payload::Data { changes: n }
+                let stale = p.order(seq, old_highest, changes, first);
+                p.stats.stale_dropped += stale as u64;
+                st.stale_dropped += stale as u64;
+                Payload::Data { changes: n - stale }
             }
             Message::Alive(a) => {
                 p.last_alive = Some(a);
@@ -625,6 +675,7 @@ impl Receiver {
                 gaps: Gaps::default(),
                 version: PeerVersion::Unknown,
                 resync: None,
+                newer: HashMap::new(),
             });
             self.stats.new_peers += 1;
             tracing::info!(node, epoch, %src, seq, "sync: new peer");
@@ -661,6 +712,14 @@ impl Receiver {
             "sync: peer restarted (new epoch)"
         );
         Ok((idx, PeerEvent::Restarted { old_epoch }))
+    }
+}
+
+/// The kernel identity a change applies to.
+fn change_key(c: &Change) -> Key {
+    match c {
+        Change::Upsert { entry, .. } => entry.key(),
+        Change::Delete(k) => *k,
     }
 }
 
@@ -774,6 +833,70 @@ mod tests {
         assert!(r.peers_decode_expectations());
         r.handle(t, src(), &hello(2, 0), &mut out).unwrap();
         assert!(!r.peers_decode_expectations(), "node 2 would reject them");
+    }
+
+    /// One sealed DATA datagram with the given changes.
+    fn data_of(s: &mut Sender, changes: &[Change]) -> Vec<u8> {
+        for c in changes {
+            s.push(c).unwrap();
+        }
+        s.flush();
+        let d = s.ready().last().unwrap().to_vec();
+        s.mark_sent(usize::MAX);
+        d
+    }
+
+    #[test]
+    fn a_gap_filler_does_not_undo_later_changes() {
+        let t = Instant::now();
+        let mut s = sender(1, 7, key("k"), t);
+        let mut r = receiver(KeyRing::new(key("k"), None));
+        let a = udp4();
+        let mut b = udp4();
+        b.orig.src_u = [0x99, 0x99];
+        let mut a_later = a;
+        a_later.timeout += 100;
+        let up = |entry| Change::Upsert { entry, new: false };
+        let d1 = data_of(&mut s, &[up(a)]);
+        let d2 = data_of(&mut s, &[up(a), up(b)]);
+        let d3 = data_of(&mut s, &[up(a_later)]);
+        let d4 = data_of(&mut s, &[Change::Delete(b.key())]);
+        let mut out = Vec::new();
+        r.handle(t, src(), &d1, &mut out).unwrap();
+        // d2 is lost; d3 and d4 change a and delete b.
+        r.handle(t, src(), &d3, &mut out).unwrap();
+        r.handle(t, src(), &d4, &mut out).unwrap();
+        out.clear();
+        // The retransmitted d2 arrives last: both of its changes are older.
+        let got = r.handle(t, src(), &d2, &mut out).unwrap();
+        assert_eq!(got.payload, Payload::Data { changes: 0 });
+        assert!(out.is_empty(), "{out:?}");
+        assert_eq!(r.stats().stale_dropped, 2);
+        // Gap closed (the ingress polls after every batch): the memory goes, later
+        // datagrams apply as they come.
+        while r.poll_nack(t + Duration::from_secs(1)).is_some() {}
+        let d5 = data_of(&mut s, &[up(a)]);
+        r.handle(t, src(), &d5, &mut out).unwrap();
+        assert_eq!(out, vec![up(a)]);
+        assert!(r.peers[0].newer.is_empty());
+    }
+
+    #[test]
+    fn a_gap_filler_keeps_changes_no_later_datagram_touched() {
+        let t = Instant::now();
+        let mut s = sender(1, 7, key("k"), t);
+        let mut r = receiver(KeyRing::new(key("k"), None));
+        let a = udp4();
+        let mut b = udp4();
+        b.orig.src_u = [0x99, 0x99];
+        let up = |entry| Change::Upsert { entry, new: true };
+        let d1 = data_of(&mut s, &[up(a), up(b)]);
+        let d2 = data_of(&mut s, &[up(a)]);
+        let mut out = Vec::new();
+        r.handle(t, src(), &d2, &mut out).unwrap();
+        out.clear();
+        r.handle(t, src(), &d1, &mut out).unwrap();
+        assert_eq!(out, vec![up(b)], "a's change in d1 is older than d2's");
     }
 
     #[test]
@@ -1157,7 +1280,9 @@ mod tests {
         out.clear();
         let got = r.handle(t + ms(3), src(), &retx, &mut out).unwrap();
         assert!(got.repaired);
-        assert_eq!(out, vec![upsert(); 2]);
+        // Same entry as d3, which was applied first: the older changes are dropped.
+        assert!(out.is_empty(), "{out:?}");
+        assert_eq!(r.stats().stale_dropped, 2);
         let p = r.peer(1).unwrap();
         assert_eq!(
             (p.stats().repaired, p.stats().nacks, p.stats().nacked_seqs),

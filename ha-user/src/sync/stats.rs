@@ -126,6 +126,9 @@ pub struct ReceiverStats {
     ///
     /// [`ResyncNeeded`]: super::ResyncNeeded
     pub given_up: u64,
+    /// Changes dropped from gap-filling datagrams because a later datagram had already
+    /// changed the same entry (they would have put an older state back).
+    pub stale_dropped: u64,
     /// HELLOs whose versions we do not share (refused peer epochs).
     pub incompatible_peers: u64,
     /// Peers first heard.
