@@ -12,6 +12,7 @@
 //! idle node sends the first event of a burst at once.
 
 use std::{
+    collections::HashSet,
     io,
     net::{SocketAddr, UdpSocket},
     os::fd::AsRawFd,
@@ -33,7 +34,7 @@ use super::{
 };
 use crate::{
     capture::Capture,
-    conntrack::{Change, Entry, ExpectChange},
+    conntrack::{Change, Entry, ExpectChange, Key},
     kernel::ctnetlink::{self, DestroyListener, ExpectListener, ExpectRecv, Recv},
     metrics::{Board, Sample},
     sync::{
@@ -155,7 +156,14 @@ struct Loop {
     expect_events: Vec<ctnetlink::ExpectEvent>,
     /// New entries just sent, to order a late destroy of the same key after them.
     recently_created: RecentlyCreated,
+    /// While a table dump for a resync or repair is taken and served: the keys live
+    /// events changed meanwhile. Their dumped state is older than what already went
+    /// out, and sent after it would put the older state back on the peer.
+    changed_since_dump: Option<HashSet<Key>>,
 }
+
+/// Keys remembered per dump at most (beyond, dumped entries go out as they are).
+const CHANGED_SINCE_DUMP_MAX: usize = 1 << 21;
 
 impl Egress {
     /// Runs until `stop` is set and the waker fires. `poll` must own `waker`'s registry.
@@ -182,6 +190,7 @@ impl Egress {
             expects: Outbound::default(),
             expect_events: Vec::new(),
             recently_created: RecentlyCreated::new(Instant::now()),
+            changed_since_dump: None,
             e: self,
         };
         let sources = [
@@ -257,6 +266,7 @@ impl Loop {
             total += n;
             let now = Instant::now();
             for (change, _ts) in self.changes.drain(..) {
+                note_live(&mut self.changed_since_dump, &change);
                 if let Change::Upsert { entry, new } = &change {
                     if !self.e.replica.is_empty() {
                         // Traffic for this entry flows here now: it is ours.
@@ -404,6 +414,7 @@ impl Loop {
                     }
                     Err(e) => {
                         self.dumping = false;
+                        self.end_dump_window();
                         tracing::warn!(requester, error = %e, "resync: dumping the conntrack table failed");
                     }
                 },
@@ -421,6 +432,7 @@ impl Loop {
         }
         self.serving = None;
         self.dumping = true;
+        self.changed_since_dump.get_or_insert_default();
         // Expectations go along only if the peer decodes them (checked again when
         // they are sent).
         let with_expects = self.e.expect.is_some() && self.peers_decode_expect();
@@ -444,6 +456,7 @@ impl Loop {
         });
         if let Err(e) = spawned {
             self.dumping = false;
+            self.end_dump_window();
             tracing::warn!(error = %e, "resync: cannot start the dump thread");
         }
     }
@@ -479,6 +492,12 @@ impl Loop {
             return;
         };
         for change in serving.chunk() {
+            if let (Some(changed), Change::Upsert { entry, .. }) =
+                (&self.changed_since_dump, &change)
+                && changed.contains(&entry.key())
+            {
+                continue; // a live event already sent a newer state
+            }
             let _ = self.e.sender.push(&change);
             self.stats.resync_records += 1;
         }
@@ -515,6 +534,7 @@ impl Loop {
                 set: &set,
             });
             self.serving = None;
+            self.end_dump_window();
         } else if serving.done() {
             let done = ResyncDone {
                 requester: serving.requester,
@@ -530,6 +550,7 @@ impl Loop {
             self.e.sync_state.served.fetch_add(1, Ordering::Relaxed);
             self.e.sender.queue(Control::ResyncDone(done));
             self.serving = None;
+            self.end_dump_window();
         } else {
             self.e.sender.flush();
             let _ = self.resync_timer.arm(resync::PACE);
@@ -543,9 +564,13 @@ impl Loop {
             return; // the dump in progress will do; the next check catches up
         }
         self.dumping_owned = true;
+        if matches!(job, OwnedJob::Repair { .. }) {
+            self.changed_since_dump.get_or_insert_default();
+        }
         let spawned = self.dump_in_background(move |entries| EgressCmd::Owned { job, entries });
         if let Err(e) = spawned {
             self.dumping_owned = false;
+            self.end_dump_window();
             tracing::warn!(error = %e, "consistency: cannot start the dump thread");
         }
     }
@@ -556,11 +581,13 @@ impl Loop {
             Ok(e) => e,
             Err(e) => {
                 tracing::warn!(error = %e, "consistency: dumping the conntrack table failed");
+                self.end_dump_window();
                 return;
             }
         };
         match job {
             OwnedJob::Digest => {
+                self.end_dump_window();
                 let Ok(digest) =
                     Digest::compute(&self.e.digest_key, entries.iter(), DEFAULT_BUCKETS)
                 else {
@@ -647,6 +674,7 @@ impl Loop {
                         };
                         if pass {
                             self.stats.deletes_sent += 1;
+                            note_live(&mut self.changed_since_dump, &delete);
                             let _ = self.e.sender.push(&delete);
                             // A reopened connection: the peer already has the successor
                             // (sent before this destroy event was read), which the delete
@@ -679,9 +707,16 @@ impl Loop {
         self.send_ready();
     }
 
+    /// Forgets the keys changed since a dump once no dump is taken or served.
+    fn end_dump_window(&mut self) {
+        if self.serving.is_none() && !self.dumping && !self.dumping_owned {
+            self.changed_since_dump = None;
+        }
+    }
+
     /// The entry now holding a destroyed key, when its creation already went to the
     /// peer (see [`super::reused`]). Asks the kernel only for such keys.
-    fn successor(&mut self, key: &crate::conntrack::Key) -> Option<Entry> {
+    fn successor(&mut self, key: &Key) -> Option<Entry> {
         if !self.recently_created.contains(key, Instant::now()) {
             return None;
         }
@@ -1085,4 +1120,16 @@ impl Loop {
 /// A waker for the egress loop's poll.
 pub fn waker(poll: &Poll) -> io::Result<Waker> {
     Waker::new(poll.registry(), WAKE)
+}
+
+/// Records a live change's key while a dump is taken or served.
+fn note_live(changed: &mut Option<HashSet<Key>>, change: &Change) {
+    if let Some(set) = changed
+        && set.len() < CHANGED_SINCE_DUMP_MAX
+    {
+        set.insert(match change {
+            Change::Upsert { entry, .. } => entry.key(),
+            Change::Delete(key) => *key,
+        });
+    }
 }
