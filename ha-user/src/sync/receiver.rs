@@ -756,13 +756,7 @@ mod tests {
 
     /// One sealed DATA datagram with `n` upserts.
     fn data(s: &mut Sender, n: usize) -> Vec<u8> {
-        for _ in 0..n {
-            s.push(&upsert()).unwrap();
-        }
-        s.flush();
-        let d = s.ready().last().unwrap().to_vec();
-        s.mark_sent(usize::MAX);
-        d
+        data_of(s, &vec![upsert(); n])
     }
 
     fn ftp_expect() -> crate::conntrack::Expectation {

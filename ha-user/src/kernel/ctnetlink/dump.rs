@@ -156,10 +156,20 @@ pub(super) fn run_dump(
 /// Sends a request (made with [`REQUEST_SEQ`]) and waits for the kernel's
 /// acknowledgement.
 pub(super) fn run_acked(req: &[u8], r: &Request) -> Result<(), CtnlError> {
+    run_request(req, r, |_| Ok(()))
+}
+
+/// Sends a request (made with [`REQUEST_SEQ`]), passes every answer before the
+/// acknowledgement to `answer`, and returns at the acknowledgement.
+fn run_request(
+    req: &[u8],
+    r: &Request,
+    mut answer: impl FnMut(&Msg<'_>) -> Result<(), DecodeError>,
+) -> Result<(), CtnlError> {
     let sock = request_socket()?;
     sock.send(req)
         .map_err(|source| CtnlError::Io { op: r.send, source })?;
-    let mut buf = vec![0u8; 8 << 10];
+    let mut buf = vec![0u8; 16 << 10];
     loop {
         let n = sock.recv(&mut buf, false).map_err(|source| CtnlError::Io {
             op: r.receive,
@@ -167,65 +177,45 @@ pub(super) fn run_acked(req: &[u8], r: &Request) -> Result<(), CtnlError> {
         })?;
         for m in MsgIter::new(&buf[..n.min(buf.len())]) {
             let m = m.map_err(|source| CtnlError::Decode { op: r.op, source })?;
-            if m.ty == NLMSG_ERROR && m.seq == REQUEST_SEQ {
+            if m.seq != REQUEST_SEQ {
+                continue;
+            }
+            if m.ty == NLMSG_ERROR {
                 return match parse_error(&m) {
                     Ok(0) => Ok(()),
                     Ok(errno) => Err(CtnlError::Kernel { op: r.op, errno }),
                     Err(source) => Err(CtnlError::Decode { op: r.op, source }),
                 };
             }
+            answer(&m).map_err(|source| CtnlError::Decode { op: r.op, source })?;
         }
     }
 }
 
+const LOOKUP: Request = Request {
+    op: "lookup",
+    send: "send lookup",
+    receive: "receive lookup reply",
+    item: "entry",
+};
+
 /// The entry with `key` in the calling thread's namespace, if there is one.
 pub fn lookup(key: &Key) -> Result<Option<Entry>, CtnlError> {
-    let sock = request_socket()?;
     let mut req = Vec::with_capacity(256);
     encode_ct_get(&mut Writer::new(&mut req), REQUEST_SEQ, &key.orig, key.zone);
-    sock.send(&req).map_err(|source| CtnlError::Io {
-        op: "send lookup",
-        source,
-    })?;
-    let mut buf = vec![0u8; 16 << 10];
     let mut found = None;
-    loop {
-        let n = sock.recv(&mut buf, false).map_err(|source| CtnlError::Io {
-            op: "receive lookup reply",
-            source,
-        })?;
-        for m in MsgIter::new(&buf[..n.min(buf.len())]) {
-            let m = m.map_err(|source| CtnlError::Decode {
-                op: "lookup",
-                source,
-            })?;
-            if m.seq != REQUEST_SEQ {
-                continue;
-            }
-            if m.ty == NLMSG_ERROR {
-                return match parse_error(&m) {
-                    Ok(0) => Ok(found),
-                    Ok(libc::ENOENT) => Ok(None),
-                    Ok(errno) => Err(CtnlError::Kernel {
-                        op: "lookup",
-                        errno,
-                    }),
-                    Err(source) => Err(CtnlError::Decode {
-                        op: "lookup",
-                        source,
-                    }),
-                };
-            }
-            if is_ct_msg(&m, IPCTNL_MSG_CT_NEW) {
-                let entry =
-                    parse_ct(&m)
-                        .and_then(|c| c.entry())
-                        .map_err(|source| CtnlError::Decode {
-                            op: "lookup",
-                            source,
-                        })?;
-                found = Some(entry);
-            }
+    let done = run_request(&req, &LOOKUP, |m| {
+        if is_ct_msg(m, IPCTNL_MSG_CT_NEW) {
+            found = Some(parse_ct(m)?.entry()?);
         }
+        Ok(())
+    });
+    match done {
+        Ok(()) => Ok(found),
+        Err(CtnlError::Kernel {
+            errno: libc::ENOENT,
+            ..
+        }) => Ok(None),
+        Err(e) => Err(e),
     }
 }
