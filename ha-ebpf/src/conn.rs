@@ -321,12 +321,19 @@ pub fn report(ct: u64, hook: u8, packet: Packet, reply: bool) -> Result<(), ()> 
 /// that halved the kernel's new-connection rate). Here a caught-up reader is woken at
 /// once if the last forced wake-up is at least `wakeup_min_gap_ns` old; otherwise the
 /// record waits for the reader's own drain timer, which it keeps armed (for longer than
-/// the gap) while events keep coming. An idle reader is therefore woken immediately.
+/// the gap) after every round that read something. An idle reader is therefore woken
+/// immediately.
 #[inline(always)]
 fn wake_flags(now_ns: u64) -> u64 {
     if EVENTS.query(BPF_RB_AVAIL_DATA as u64) > RECORD_BYTES {
-        // The reader has not caught up: it is awake, or its drain timer is armed.
-        return BPF_RB_NO_WAKEUP as u64;
+        // Other records are unread. Usually the reader is behind (awake, or its drain
+        // timer is armed), and the kernel's own rule, wake only if the reader has read
+        // everything before this record, then does not wake it. But the unread records
+        // may be other CPUs' reservations made at the same moment on an idle ring: each
+        // of them sees this one too, and if all of them chose "no wake-up" the events
+        // would wait in the ring until the next one. The kernel's rule wakes the reader
+        // for exactly one of them, the one at its read position.
+        return 0;
     }
     let Some(last) = WAKE.get_ptr_mut(0) else {
         return BPF_RB_FORCE_WAKEUP as u64;

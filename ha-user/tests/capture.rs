@@ -314,3 +314,108 @@ fn forwarded_flows_are_reported_once_and_judged_by_their_input_interface() {
     );
     assert!(cap.counters().unwrap().filtered >= 20);
 }
+
+/// Pins the calling thread to one CPU.
+fn pin_to_cpu(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; the calls only read it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
+            0,
+            "sched_setaffinity to CPU {cpu}"
+        );
+    }
+}
+
+/// The program wakes the reader only when it must (adaptive wake-up), so the reader
+/// sleeps without a timer once a round reads nothing. Two CPUs creating entries at the
+/// same moment on that idle ring each see the other's record unread; if both then
+/// chose "no wake-up", the events would wait in the ring until the next one (in the
+/// lab: hundreds of connections never reached the backup). The reader here behaves
+/// like the agent's: after a round that read something it looks again shortly (its
+/// drain timer), otherwise it waits for the program's wake-up alone.
+#[test]
+fn an_idle_reader_is_woken_when_two_cpus_create_entries_at_once() {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cpus < 2 {
+        eprintln!("skipped: needs two CPUs");
+        return;
+    }
+    let (a, _b) = pair();
+    let mut cap = a
+        .enter(|| Capture::start(&CaptureConfig::default()))
+        .unwrap()
+        .unwrap();
+    const ROUNDS: u16 = 600;
+    let sockets = a
+        .enter(|| {
+            [
+                UdpSocket::bind("10.81.0.1:0").unwrap(),
+                UdpSocket::bind("10.81.0.1:0").unwrap(),
+            ]
+        })
+        .unwrap();
+    let (go_tx, go_rx): (Vec<_>, Vec<_>) =
+        (0..2).map(|_| std::sync::mpsc::channel::<u16>()).unzip();
+    let both = std::sync::Arc::new(std::sync::Barrier::new(2));
+    let senders: Vec<_> = sockets
+        .into_iter()
+        .zip(go_rx)
+        .enumerate()
+        .map(|(cpu, (sock, go))| {
+            let both = both.clone();
+            std::thread::spawn(move || {
+                pin_to_cpu(cpu);
+                while let Ok(round) = go.recv() {
+                    // Let the reader fall asleep, then send on both CPUs at once.
+                    std::thread::sleep(Duration::from_millis(3));
+                    both.wait();
+                    sock.send_to(b"x", ("10.81.0.2", 20000 + round * 2 + cpu as u16))
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    let poll = |fd: i32, ms: i32| {
+        let mut p = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        unsafe { libc::poll(&mut p, 1, ms) }
+    };
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&cap);
+    for round in 0..ROUNDS {
+        for tx in &go_tx {
+            tx.send(round).unwrap();
+        }
+        let mut got = 0;
+        let mut read_last_round = false;
+        while got < 2 {
+            // The agent's drain timer after a round that read something; else only a
+            // wake-up from the program ends the wait (poll looks at the ring once more
+            // when its time is up, so a wait that lasted the whole time was not ended
+            // by a wake-up).
+            let wait = Duration::from_millis(if read_last_round { 1 } else { 2000 });
+            let started = std::time::Instant::now();
+            poll(fd, wait.as_millis() as i32);
+            let woken = started.elapsed() < wait;
+            let n = cap.drain(usize::MAX, |_, _| {});
+            got += n;
+            assert!(
+                woken || read_last_round,
+                "round {round}: {n} event(s) waited in the ring for {wait:?} without a wake-up"
+            );
+            read_last_round = n > 0;
+        }
+    }
+    drop(go_tx);
+    for s in senders {
+        s.join().unwrap();
+    }
+    let c = cap.counters().unwrap();
+    assert_eq!(c.new, 2 * ROUNDS as u64);
+}

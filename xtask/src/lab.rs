@@ -298,7 +298,7 @@ fn run_inner(args: LabArgs) -> Result<(Result<()>, Option<FailoverOutcome>)> {
                 )
             }
             Ok(_) => {}
-            Err(e) => verdict = Err(e),
+            Err(e) => verdict = Err(e.context(diagnosis(&nodes))),
         }
     }
     for n in &nodes {
@@ -721,6 +721,46 @@ fn render(
     Ok(2 + nodes.len())
 }
 
+/// What the agents said and counted, for a run that did not converge: their
+/// warnings and errors and their sync counters.
+fn diagnosis(nodes: &[Node]) -> String {
+    let mut out = String::from("the agents' warnings and sync counters:");
+    for n in nodes {
+        let log = fs::read_to_string(&n.log).unwrap_or_default();
+        let warnings: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+            .collect();
+        out.push_str(&format!(
+            "\n  {} ({} warnings/errors):",
+            n.name,
+            warnings.len()
+        ));
+        for l in warnings.iter().take(15) {
+            out.push_str(&format!("\n    {l}"));
+        }
+        let metrics = if n.agent.is_some() {
+            scrape(&n.fw.ns)
+        } else {
+            String::new()
+        };
+        for l in metrics.lines().filter(|l| {
+            !l.starts_with('#')
+                && (l.starts_with("hasync_sync_")
+                    || l.starts_with("hasync_installs_total")
+                    || l.starts_with("hasync_capture_")
+                    || l.starts_with("hasync_program_")
+                    || l.starts_with("hasync_ringbuf_")
+                    || l.starts_with("hasync_deletes")
+                    || l.starts_with("hasync_consistency")
+                    || l.starts_with("hasync_ha_role"))
+        }) {
+            out.push_str(&format!("\n    {l}"));
+        }
+    }
+    out
+}
+
 /// Waits until fw-b holds exactly fw-a's forwarded connections.
 fn converge(lab: &Lab, timeout: Duration) -> Result<usize> {
     let deadline = Instant::now() + timeout;
@@ -740,15 +780,56 @@ fn converge(lab: &Lab, timeout: Duration) -> Result<usize> {
                     .collect::<String>()
             };
             bail!(
-                "{} entries only on fw-a, {} only on fw-b; e.g. on fw-a:{}\n    on fw-b:{}",
+                "{} entries only on fw-a, {} only on fw-b; e.g. on fw-a:{}\n    on fw-b:{}\n    fw-a's entries that differ, by kind:{}",
                 only_a.len(),
                 only_b.len(),
                 show(&only_a),
-                show(&only_b)
+                show(&only_b),
+                kinds(&only_a, &b)
             );
         }
         thread::sleep(Duration::from_millis(250));
     }
+}
+
+/// Counts fw-a's differing entries by protocol, state and whether fw-b holds the
+/// connection at all (in another state) or not.
+fn kinds(only_a: &[&testkit::CtLine], b: &[testkit::CtLine]) -> String {
+    // The original direction's tuple, e.g. "src=.. dst=.. sport=.. dport=..".
+    let tuple = |l: &str| -> String {
+        l.split_whitespace()
+            .filter(|w| {
+                ["src=", "dst=", "sport=", "dport="]
+                    .iter()
+                    .any(|p| w.starts_with(p))
+            })
+            .take(4)
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let b_tuples: std::collections::HashSet<String> = b.iter().map(|l| tuple(&l.line)).collect();
+    let mut counts = std::collections::BTreeMap::<String, usize>::new();
+    for l in only_a {
+        let words: Vec<&str> = l.line.split_whitespace().collect();
+        let proto = words.get(2).copied().unwrap_or("?");
+        let state = words
+            .get(4)
+            .filter(|w| !w.contains('='))
+            .copied()
+            .unwrap_or("-");
+        let on_b = if b_tuples.contains(&tuple(&l.line)) {
+            "differs on fw-b"
+        } else {
+            "missing on fw-b"
+        };
+        *counts
+            .entry(format!("{proto} {state}: {on_b}"))
+            .or_default() += 1;
+    }
+    counts
+        .iter()
+        .map(|(k, n)| format!("\n      {n:>6} {k}"))
+        .collect()
 }
 
 fn forwarded(ns: &NetNs) -> Result<Vec<testkit::CtLine>> {

@@ -783,6 +783,9 @@ impl Loop {
     }
 
     fn on_tick(&mut self) {
+        // Defence in depth: should a wake-up ever be missed (the program wakes the
+        // reader sparingly, see ha-ebpf's `wake_flags`), events wait at most one tick.
+        self.drain_capture();
         let now = Instant::now();
         self.settle(now);
         self.expects.prune(now);
