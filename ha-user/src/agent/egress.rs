@@ -12,7 +12,6 @@
 //! idle node sends the first event of a burst at once.
 
 use std::{
-    collections::HashSet,
     io,
     net::{SocketAddr, UdpSocket},
     os::fd::AsRawFd,
@@ -27,6 +26,7 @@ use mio::{Events, Interest, Poll, Token, Waker, unix::SourceFd};
 
 use super::{
     expectations::{Outbound, master_replicable},
+    live_since_dump::LiveSinceDump,
     replica::ReplicaSet,
     resync::{self, EgressCmd, OwnedJob, Serving, SyncState},
     reused::RecentlyCreated,
@@ -159,11 +159,9 @@ struct Loop {
     /// While a table dump for a resync or repair is taken and served: the keys live
     /// events changed meanwhile. Their dumped state is older than what already went
     /// out, and sent after it would put the older state back on the peer.
-    changed_since_dump: Option<HashSet<Key>>,
+    /// Keys live events changed while a dump is taken or served.
+    live_since_dump: LiveSinceDump,
 }
-
-/// Keys remembered per dump at most (beyond, dumped entries go out as they are).
-const CHANGED_SINCE_DUMP_MAX: usize = 1 << 21;
 
 impl Egress {
     /// Runs until `stop` is set and the waker fires. `poll` must own `waker`'s registry.
@@ -190,7 +188,7 @@ impl Egress {
             expects: Outbound::default(),
             expect_events: Vec::new(),
             recently_created: RecentlyCreated::new(Instant::now()),
-            changed_since_dump: None,
+            live_since_dump: LiveSinceDump::default(),
             e: self,
         };
         let sources = [
@@ -266,7 +264,7 @@ impl Loop {
             total += n;
             let now = Instant::now();
             for (change, _ts) in self.changes.drain(..) {
-                note_live(&mut self.changed_since_dump, &change);
+                self.live_since_dump.note(&change);
                 if let Change::Upsert { entry, new } = &change {
                     if !self.e.replica.is_empty() {
                         // Traffic for this entry flows here now: it is ours.
@@ -432,7 +430,7 @@ impl Loop {
         }
         self.serving = None;
         self.dumping = true;
-        self.changed_since_dump.get_or_insert_default();
+        self.live_since_dump.open();
         // Expectations go along only if the peer decodes them (checked again when
         // they are sent).
         let with_expects = self.e.expect.is_some() && self.peers_decode_expect();
@@ -492,10 +490,7 @@ impl Loop {
             return;
         };
         for change in serving.chunk() {
-            if let (Some(changed), Change::Upsert { entry, .. }) =
-                (&self.changed_since_dump, &change)
-                && changed.contains(&entry.key())
-            {
+            if self.live_since_dump.superseded(&change) {
                 continue; // a live event already sent a newer state
             }
             let _ = self.e.sender.push(&change);
@@ -565,7 +560,7 @@ impl Loop {
         }
         self.dumping_owned = true;
         if matches!(job, OwnedJob::Repair { .. }) {
-            self.changed_since_dump.get_or_insert_default();
+            self.live_since_dump.open();
         }
         let spawned = self.dump_in_background(move |entries| EgressCmd::Owned { job, entries });
         if let Err(e) = spawned {
@@ -674,7 +669,7 @@ impl Loop {
                         };
                         if pass {
                             self.stats.deletes_sent += 1;
-                            note_live(&mut self.changed_since_dump, &delete);
+                            self.live_since_dump.note(&delete);
                             let _ = self.e.sender.push(&delete);
                             // A reopened connection: the peer already has the successor
                             // (sent before this destroy event was read), which the delete
@@ -710,7 +705,7 @@ impl Loop {
     /// Forgets the keys changed since a dump once no dump is taken or served.
     fn end_dump_window(&mut self) {
         if self.serving.is_none() && !self.dumping && !self.dumping_owned {
-            self.changed_since_dump = None;
+            self.live_since_dump.close();
         }
     }
 
@@ -1123,16 +1118,4 @@ impl Loop {
 /// A waker for the egress loop's poll.
 pub fn waker(poll: &Poll) -> io::Result<Waker> {
     Waker::new(poll.registry(), WAKE)
-}
-
-/// Records a live change's key while a dump is taken or served.
-fn note_live(changed: &mut Option<HashSet<Key>>, change: &Change) {
-    if let Some(set) = changed
-        && set.len() < CHANGED_SINCE_DUMP_MAX
-    {
-        set.insert(match change {
-            Change::Upsert { entry, .. } => entry.key(),
-            Change::Delete(key) => *key,
-        });
-    }
 }

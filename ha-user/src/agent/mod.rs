@@ -16,6 +16,7 @@ pub mod delay;
 pub mod egress;
 pub mod expectations;
 pub mod ingress;
+pub mod live_since_dump;
 pub mod replica;
 pub mod resync;
 pub mod reused;
