@@ -934,6 +934,12 @@ pub fn markdown(r: &Results, m: &Meta) -> (String, Option<String>) {
          pays for the backup's install work, and a datagram sent on the veth sync link is received \
          (softirq) in the sending thread's context, so the sender's CPU includes the receiver's \
          network stack. Both apply to hasync and conntrackd alike.\n\
+         * hasync trials start once both agents are in sync and have finished the digest check that \
+         follows their start-up resync. Each digest dumps a table, and the first part of a ctnetlink \
+         dump runs under the kernel's host-wide ctnetlink lock while it walks the hash buckets: with \
+         a hash of millions of buckets and an almost empty table, every install on the host (any \
+         namespace, any agent) waits ~150 ms (4M buckets). Trials that started during that check showed it as \
+         their p99.\n\
          * Unreplied-UDP timeout on the firewalls: 900 s, so nothing expires while tables are compared.\n\
          * conntrackd deviations from the FTFW example, in both variants: UDP/ICMP are replicated (the \
          example accepts only TCP/SCTP/DCCP), `HashSize`/`HashLimit` hold the largest table of the run, \
