@@ -37,7 +37,12 @@ pub struct InstallerConfig {
 impl Default for InstallerConfig {
     fn default() -> InstallerConfig {
         InstallerConfig {
-            sndbuf: 4 << 20,
+            // Small batches (128 KiB once the kernel doubles it): the kernel parses
+            // each one right after copying it in, while it is still in the CPU's
+            // cache. With 4 MiB batches 100,000 installs took ~12% longer
+            // (0.26 s against 0.23 s, `bench --only install`): the kernel copied,
+            // zeroed and re-read buffers larger than the cache.
+            sndbuf: 64 << 10,
             rcvbuf: 32 << 20,
             encode: EncodeOptions::default(),
         }
