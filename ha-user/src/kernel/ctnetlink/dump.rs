@@ -1,7 +1,7 @@
 //! Reading the whole table (bulk resync, tests) or one entry, and flushing it (tests,
 //! `hasync flush`).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::conntrack::{Entry, Family, Key};
 
@@ -26,7 +26,14 @@ pub struct DumpStats {
     /// The kernel flagged the dump as inconsistent (NLM_F_DUMP_INTR): the table changed
     /// under it; entries may be missing or duplicated.
     pub interrupted: bool,
+    /// How long sending the request took. The kernel builds the first part of the
+    /// answer inside that call, under its host-wide ctnetlink lock, so every conntrack
+    /// install on the host (any namespace) waited this long.
+    pub lock_held: Duration,
 }
+
+/// A first answer slower than this is logged: installs stalled noticeably.
+const SLOW_FIRST_ANSWER: Duration = Duration::from_millis(20);
 
 /// A request socket with a receive timeout, so a kernel that never finishes a dump
 /// cannot hang the caller.
@@ -103,9 +110,24 @@ pub(super) fn run_dump(
     mut take: impl FnMut(&Msg<'_>) -> Option<Result<(), DecodeError>>,
 ) -> Result<DumpStats, CtnlError> {
     let sock = request_socket()?;
+    let sent_at = Instant::now();
     sock.send(req)
         .map_err(|source| CtnlError::Io { op: r.send, source })?;
-    let mut stats = DumpStats::default();
+    let mut stats = DumpStats {
+        lock_held: sent_at.elapsed(),
+        ..DumpStats::default()
+    };
+    if stats.lock_held > SLOW_FIRST_ANSWER {
+        // The kernel walks hash buckets until its first datagram is full: an almost
+        // empty table in a large hash means walking nearly all of them.
+        tracing::warn!(
+            ms = stats.lock_held.as_millis() as u64,
+            "ctnetlink {}: the kernel took this long to start answering, and every conntrack \
+             install on this host waited meanwhile; the conntrack hash is probably far larger \
+             than the table (see `hashsize` in the README's troubleshooting)",
+            r.op
+        );
+    }
     let mut buf = vec![0u8; 256 << 10];
     loop {
         let n = sock.recv(&mut buf, false).map_err(|source| CtnlError::Io {
