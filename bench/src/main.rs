@@ -92,11 +92,15 @@ fn run() -> Result<()> {
         );
     }
     let hasync_bin = std::fs::canonicalize(&cli.hasync_bin)?;
-    ensure_conntrackd()?;
+    ensure_installed("conntrackd")?;
     if let Some(name) = &cli.dev_system {
         return dev_run(name, cli.dev_rate, cli.dev_secs, hasync_bin);
     }
     let want = |p: Part| cli.only.is_empty() || cli.only.contains(&p);
+    if want(Part::Failover) {
+        // Up front, not half an hour into the run.
+        ensure_installed("keepalived")?;
+    }
 
     // Room for the largest tables (fw-a + fw-b + a lab still being torn down).
     let host = sys::HostConntrack::ensure(4 << 20)?;
@@ -128,11 +132,22 @@ fn run() -> Result<()> {
         host.describe()
     ));
     let mut results = report::Results::default();
+    // A measurement that fails is reported and the run goes on: the others' results
+    // (tens of minutes of work) still make the report.
+    let mut failed: Vec<String> = Vec::new();
+    let mut part = |ctx: &mut Ctx, name: &str, r: Result<()>| {
+        if let Err(e) = r {
+            ctx.say(format!("measurement {name} FAILED: {e:#}"));
+            failed.push(name.to_string());
+        }
+    };
     if want(Part::Overhead) {
-        results.overhead = Some(overhead::run(&mut ctx)?);
+        let r = overhead::run(&mut ctx).map(|v| results.overhead = Some(v));
+        part(&mut ctx, "overhead", r);
     }
     if want(Part::Ceiling) {
-        results.ceiling = Some(ceiling::run(&mut ctx)?);
+        let r = ceiling::run(&mut ctx).map(|v| results.ceiling = Some(v));
+        part(&mut ctx, "ceiling", r);
     }
     let ceilings = results.ceiling.clone().unwrap_or_else(|| {
         let mut c = ceiling::CeilingResult::default();
@@ -142,22 +157,28 @@ fn run() -> Result<()> {
         c
     });
     if want(Part::Latency) {
-        results.latency = Some(lat::run(&mut ctx, &ceilings)?);
+        let r = lat::run(&mut ctx, &ceilings).map(|v| results.latency = Some(v));
+        part(&mut ctx, "latency", r);
     }
     if want(Part::Resources) {
-        results.resources = Some(resources::run(&mut ctx, &ceilings)?);
+        let r = resources::run(&mut ctx, &ceilings).map(|v| results.resources = Some(v));
+        part(&mut ctx, "resources", r);
     }
     if want(Part::Install) {
-        results.install = Some(install::run(&mut ctx)?);
+        let r = install::run(&mut ctx).map(|v| results.install = Some(v));
+        part(&mut ctx, "install", r);
     }
     if want(Part::Failover) {
-        results.failover = Some(failover::run(&mut ctx)?);
+        let r = failover::run(&mut ctx).map(|v| results.failover = Some(v));
+        part(&mut ctx, "failover", r);
     }
     if want(Part::Auth) {
-        results.auth = Some(auth::run(&mut ctx)?);
+        let r = auth::run(&mut ctx).map(|v| results.auth = Some(v));
+        part(&mut ctx, "auth", r);
     }
     if want(Part::Outage) {
-        results.outage = Some(outage::run(&mut ctx)?);
+        let r = outage::run(&mut ctx).map(|v| results.outage = Some(v));
+        part(&mut ctx, "outage", r);
     }
     ctx.overall.finish_and_clear();
 
@@ -191,6 +212,12 @@ fn run() -> Result<()> {
     println!("{shown}");
     println!("report: {}", md_path.display());
     drop(host);
+    if !failed.is_empty() {
+        bail!(
+            "these measurements failed (see the run log in the report): {}",
+            failed.join(", ")
+        );
+    }
     Ok(())
 }
 
@@ -255,19 +282,20 @@ fn dev_run(name: &str, rate: f64, secs: f64, hasync_bin: PathBuf) -> Result<()> 
     Ok(())
 }
 
-/// conntrackd from Debian's package; installed when missing.
-fn ensure_conntrackd() -> Result<()> {
-    if which("conntrackd") {
+/// A program from the Debian package of the same name (conntrackd, keepalived);
+/// installed when missing.
+fn ensure_installed(prog: &str) -> Result<()> {
+    if which(prog) {
         return Ok(());
     }
-    eprintln!("bench: conntrackd is missing; installing it (apt-get install -y conntrackd)");
+    eprintln!("bench: {prog} is missing; installing it (apt-get install -y {prog})");
     let st = Command::new("apt-get")
-        .args(["install", "-y", "conntrackd"])
+        .args(["install", "-y", prog])
         .env("DEBIAN_FRONTEND", "noninteractive")
         .status()
         .context("running apt-get")?;
-    if !st.success() || !which("conntrackd") {
-        bail!("could not install conntrackd");
+    if !st.success() || !which(prog) {
+        bail!("could not install {prog} (apt-get install -y {prog})");
     }
     Ok(())
 }

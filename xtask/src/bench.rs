@@ -1,7 +1,7 @@
 //! `cargo xtask bench [--quick]`: hasync against conntrackd on the namespace lab.
 //!
 //! Builds hasync and the `bench` harness (release), then runs the harness as root. It
-//! installs conntrackd with apt when missing, writes `bench/results/<date>.md`
+//! installs conntrackd and keepalived with apt when missing, writes `bench/results/<date>.md`
 //! (`<date>-quick.md` with `--quick`) plus the latency SVG, and prints the tables.
 
 use std::{path::PathBuf, process::Command};
