@@ -244,7 +244,11 @@ fn ftp_expectation_replicates_to_b() {
         })
         .unwrap();
     let rep = plain.install(&[change]);
-    assert_eq!((rep.created, rep.err_eopnotsupp), (0, 1), "{rep:?}");
+    assert_eq!(
+        (rep.created, rep.errors.get(libc::EOPNOTSUPP)),
+        (0, 1),
+        "{rep:?}"
+    );
     assert_eq!(plain.failures()[0].op, ExpectOp::Create);
     assert!(expect_lines(fw_b).is_empty());
 
@@ -453,7 +457,11 @@ fn installer_against_the_kernel() {
     // No master: ENOENT. Unknown helper: the master could not be given it and is back
     // as it was.
     assert_eq!(
-        (rep.err_enoent, rep.err_eopnotsupp, rep.errors()),
+        (
+            rep.errors.get(libc::ENOENT),
+            rep.errors.get(libc::EOPNOTSUPP),
+            rep.errors()
+        ),
         (1, 1, 2)
     );
     let mut f = inst.failures().to_vec();
@@ -510,7 +518,11 @@ fn installer_against_the_kernel() {
     let mut bad_class = expectation(&sip, 16390, "sip", 60);
     bad_class.class = 9;
     let rep = inst.install(&[ExpectChange::Upsert(bad_class)]);
-    assert_eq!((rep.created, rep.err_einval), (0, 1), "{rep:?}");
+    assert_eq!(
+        (rep.created, rep.errors.get(libc::EINVAL)),
+        (0, 1),
+        "{rep:?}"
+    );
 
     // Deletes, one in zone 5; then again: not found, not an error.
     let deletes = [e_ftp4, e_ftp6, e_sip, e_rtcp, e_zoned].map(|e| ExpectChange::Delete(e.key()));

@@ -36,6 +36,7 @@ use super::{
     decode::{errno_name, is_ct_msg, parse_ct, parse_error},
     dump::{REQUEST_SEQ, Request, run_acked, run_dump},
     encode::{EncodeOptions, encode_delete},
+    errno_counts::{ErrnoCounts, ExpectErrnos},
     expect::{
         ExpectEncodeOptions, IPCTNL_MSG_EXP_NEW, MAX_EXP_MSG_LEN, encode_create_with_helper,
         encode_ct_get, encode_expect_create, encode_expect_delete, encode_expect_dump,
@@ -135,44 +136,17 @@ pub struct ExpectInstallCounts {
     /// Replies that could not be decoded or matched.
     pub malformed: u64,
     /// Final failures by errno.
-    pub err_enoent: u64,
-    pub err_eopnotsupp: u64,
-    pub err_einval: u64,
-    pub err_ebusy: u64,
-    pub err_emfile: u64,
-    pub err_eexist: u64,
-    pub err_other: u64,
+    pub errors: ErrnoCounts<ExpectErrnos>,
 }
 
 impl ExpectInstallCounts {
     pub fn errors(&self) -> u64 {
-        self.errors_by_name().iter().map(|(_, n)| n).sum()
+        self.errors.total()
     }
 
     /// Final failures labelled by errno name, for metrics.
-    pub fn errors_by_name(&self) -> [(&'static str, u64); 7] {
-        [
-            ("ENOENT", self.err_enoent),
-            ("EOPNOTSUPP", self.err_eopnotsupp),
-            ("EINVAL", self.err_einval),
-            ("EBUSY", self.err_ebusy),
-            ("EMFILE", self.err_emfile),
-            ("EEXIST", self.err_eexist),
-            ("other", self.err_other),
-        ]
-    }
-
-    fn count_error(&mut self, errno: i32) {
-        let slot = match errno {
-            libc::ENOENT => &mut self.err_enoent,
-            libc::EOPNOTSUPP => &mut self.err_eopnotsupp,
-            libc::EINVAL => &mut self.err_einval,
-            libc::EBUSY | libc::EALREADY => &mut self.err_ebusy,
-            libc::EMFILE => &mut self.err_emfile,
-            libc::EEXIST => &mut self.err_eexist,
-            _ => &mut self.err_other,
-        };
-        *slot += 1;
+    pub fn errors_by_name(&self) -> Vec<(&'static str, u64)> {
+        self.errors.by_name()
     }
 
     fn add(&mut self, o: &ExpectInstallCounts) {
@@ -187,13 +161,7 @@ impl ExpectInstallCounts {
         self.messages += o.messages;
         self.replies_lost += o.replies_lost;
         self.malformed += o.malformed;
-        self.err_enoent += o.err_enoent;
-        self.err_eopnotsupp += o.err_eopnotsupp;
-        self.err_einval += o.err_einval;
-        self.err_ebusy += o.err_ebusy;
-        self.err_emfile += o.err_emfile;
-        self.err_eexist += o.err_eexist;
-        self.err_other += o.err_other;
+        self.errors.add(&o.errors);
     }
 }
 
@@ -305,7 +273,7 @@ impl ExpectInstaller {
                 && let Err(why) = e.validate()
             {
                 tracing::debug!(index = i, why, "expectation not installable");
-                rep.count_error(libc::EINVAL);
+                rep.errors.count(libc::EINVAL);
                 self.failures.push(ExpectFailure {
                     index: i,
                     op: ExpectOp::Create,
@@ -404,7 +372,7 @@ impl ExpectInstaller {
     }
 
     fn fail(&mut self, rep: &mut ExpectInstallCounts, index: usize, op: ExpectOp, errno: i32) {
-        rep.count_error(errno);
+        rep.errors.count(errno);
         self.failures.push(ExpectFailure { index, op, errno });
     }
 

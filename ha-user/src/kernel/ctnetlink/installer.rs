@@ -17,6 +17,7 @@ use super::{
     consts::{NETLINK_CAP_ACK, NETLINK_EXT_ACK},
     decode::errno_name,
     encode::{EncodeOptions, MAX_MSG_LEN, encode_create, encode_delete, encode_update},
+    errno_counts::{EntryErrnos, ErrnoCounts},
     nla::Writer,
     replies,
 };
@@ -112,51 +113,18 @@ pub struct InstallCounts {
     /// Replies that could not be decoded or matched to a request.
     pub malformed: u64,
     /// Final failures by errno.
-    pub err_eexist: u64,
-    pub err_enoent: u64,
-    pub err_ebusy: u64,
-    pub err_einval: u64,
-    pub err_enomem: u64,
-    pub err_eopnotsupp: u64,
-    pub err_enospc: u64,
-    pub err_eperm: u64,
-    pub err_other: u64,
+    pub errors: ErrnoCounts<EntryErrnos>,
 }
 
 impl InstallCounts {
     /// Total final failures.
     pub fn errors(&self) -> u64 {
-        self.errors_by_name().iter().map(|(_, n)| n).sum()
+        self.errors.total()
     }
 
     /// Final failures labelled by errno name, for metrics.
-    pub fn errors_by_name(&self) -> [(&'static str, u64); 9] {
-        [
-            ("EEXIST", self.err_eexist),
-            ("ENOENT", self.err_enoent),
-            ("EBUSY", self.err_ebusy),
-            ("EINVAL", self.err_einval),
-            ("ENOMEM", self.err_enomem),
-            ("EOPNOTSUPP", self.err_eopnotsupp),
-            ("ENOSPC", self.err_enospc),
-            ("EPERM", self.err_eperm),
-            ("other", self.err_other),
-        ]
-    }
-
-    fn count_error(&mut self, errno: i32) {
-        let slot = match errno {
-            libc::EEXIST => &mut self.err_eexist,
-            libc::ENOENT => &mut self.err_enoent,
-            libc::EBUSY => &mut self.err_ebusy,
-            libc::EINVAL => &mut self.err_einval,
-            libc::ENOMEM => &mut self.err_enomem,
-            libc::EOPNOTSUPP => &mut self.err_eopnotsupp,
-            libc::ENOSPC => &mut self.err_enospc,
-            libc::EPERM => &mut self.err_eperm,
-            _ => &mut self.err_other,
-        };
-        *slot += 1;
+    pub fn errors_by_name(&self) -> Vec<(&'static str, u64)> {
+        self.errors.by_name()
     }
 
     fn add(&mut self, o: &InstallCounts) {
@@ -170,15 +138,7 @@ impl InstallCounts {
         self.messages += o.messages;
         self.replies_lost += o.replies_lost;
         self.malformed += o.malformed;
-        self.err_eexist += o.err_eexist;
-        self.err_enoent += o.err_enoent;
-        self.err_ebusy += o.err_ebusy;
-        self.err_einval += o.err_einval;
-        self.err_enomem += o.err_enomem;
-        self.err_eopnotsupp += o.err_eopnotsupp;
-        self.err_enospc += o.err_enospc;
-        self.err_eperm += o.err_eperm;
-        self.err_other += o.err_other;
+        self.errors.add(&o.errors);
     }
 }
 
@@ -367,7 +327,7 @@ impl Installer {
                         }
                     }
                     Outcome::Fail => {
-                        rep.count_error(errno);
+                        rep.errors.count(errno);
                         self.failures.push(Failure {
                             index: p.idx as usize,
                             op: p.op,

@@ -14,6 +14,7 @@ pub mod consts;
 pub mod decode;
 pub mod dump;
 pub mod encode;
+pub mod errno_counts;
 mod event_socket;
 pub mod events;
 pub mod expect;
