@@ -621,6 +621,25 @@ fn sync_delay_keeps_short_lived_connections_local() {
     );
 }
 
+/// A TCP connection from exactly `local`. The previous connection from that port was
+/// just reset; under load the kernel can still refuse the 4-tuple for a moment
+/// (EADDRNOTAVAIL), so that is retried briefly.
+fn connect_from(local: SocketAddr, server: SocketAddr) -> std::net::TcpStream {
+    for _ in 0..100 {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        s.set_reuse_address(true).unwrap();
+        s.bind(&local.into()).unwrap();
+        match s.connect_timeout(&server.into(), Duration::from_secs(5)) {
+            Ok(()) => return s.into(),
+            Err(e) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => panic!("connect from {local}: {e}"),
+        }
+    }
+    panic!("connect from {local}: the 4-tuple stayed busy for a second");
+}
+
 /// A SYN on a closed connection's key makes conntrack kill the old entry and create a
 /// new one for the same packet. The new entry (ring buffer) and the old one's destroy
 /// event (ctnetlink) travel separate channels; whichever the agent reads first, the
@@ -639,14 +658,7 @@ fn reopened_connections_stay_on_the_peer() {
                 let local = SocketAddr::new(CLIENT_IP.parse().unwrap(), 45000 + i);
                 // Twice from the same port: the second SYN reopens the first's key.
                 for _ in 0..2 {
-                    let s =
-                        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
-                            .unwrap();
-                    s.set_reuse_address(true).unwrap();
-                    s.bind(&local.into()).unwrap();
-                    s.connect_timeout(&server.into(), Duration::from_secs(5))
-                        .unwrap();
-                    let mut c: std::net::TcpStream = s.into();
+                    let mut c = connect_from(local, server);
                     c.write_all(b"ping").unwrap();
                     let mut buf = [0u8; 4];
                     c.read_exact(&mut buf).unwrap();
