@@ -245,35 +245,20 @@ impl Pair {
                 for n in [&mut a, &mut b] {
                     wait_until(Duration::from_secs(30), "hasync", n, |n| n.ready())?;
                 }
-                let end = Instant::now() + Duration::from_secs(8);
-                while [lab.a(), lab.b()]
-                    .iter()
-                    .any(|ns| Counters::get(&metrics(ns), "in_sync") < 1.0)
-                {
-                    if Instant::now() > end {
-                        eprintln!("bench: hasync agents not in sync 8 s after start; going on");
-                        break;
-                    }
-                    sys::sleep(Duration::from_millis(50))?;
-                }
+                wait_both(lab, Duration::from_secs(8), "in sync", |m| {
+                    Counters::get(m, "in_sync") >= 1.0
+                })?;
                 // Then let the digest check that follows a bulk resync finish on both:
                 // each one dumps a table, and a ctnetlink dump holds the kernel's
                 // host-wide ctnetlink lock while it walks every empty hash bucket
                 // (~150 ms with 4M buckets), stalling every install meanwhile. A
                 // trial measures the steady state, not this start-up work.
-                let end = Instant::now() + Duration::from_secs(5);
-                while [lab.a(), lab.b()]
-                    .iter()
-                    .any(|ns| consistency_checks(&metrics(ns)) < 1.0)
-                {
-                    if Instant::now() > end {
-                        eprintln!(
-                            "bench: hasync start-up consistency check not done 5 s after sync; going on"
-                        );
-                        break;
-                    }
-                    sys::sleep(Duration::from_millis(50))?;
-                }
+                wait_both(
+                    lab,
+                    Duration::from_secs(5),
+                    "done with the start-up consistency check",
+                    |m| consistency_checks(m) >= 1.0,
+                )?;
                 (a, b)
             }
             s => {
@@ -466,7 +451,25 @@ pub const LOSS_COUNTERS: &[&str] = &[
     "failed",
 ];
 
-/// hasync's Prometheus metrics in `ns`, counters and gauges as (name{labels}, value).
+/// Polls both hasync agents' metrics until `ok` holds for both; after `timeout` says
+/// so and goes on (a trial still runs, with a note in the log).
+fn wait_both(
+    lab: &BenchLab,
+    timeout: Duration,
+    what: &str,
+    ok: impl Fn(&[(String, f64)]) -> bool,
+) -> Result<()> {
+    let end = Instant::now() + timeout;
+    while [lab.a(), lab.b()].iter().any(|ns| !ok(&metrics(ns))) {
+        if Instant::now() > end {
+            eprintln!("bench: hasync agents not {what} {timeout:?} after start; going on");
+            break;
+        }
+        sys::sleep(Duration::from_millis(50))?;
+    }
+    Ok(())
+}
+
 /// Consistency checks (digest comparisons) a node finished, whatever the outcome.
 fn consistency_checks(list: &[(String, f64)]) -> f64 {
     list.iter()
@@ -475,6 +478,7 @@ fn consistency_checks(list: &[(String, f64)]) -> f64 {
         .sum()
 }
 
+/// hasync's Prometheus metrics in `ns`, counters and gauges as (name{labels}, value).
 pub fn metrics(ns: &NetNs) -> Vec<(String, f64)> {
     let text = within(ns, || {
         let mut s = TcpStream::connect("127.0.0.1:9724").ok()?;
