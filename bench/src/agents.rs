@@ -39,6 +39,19 @@ pub enum System {
 }
 
 impl System {
+    pub const ALL: [System; 5] = [
+        System::None,
+        System::Hasync,
+        System::CtdDefault,
+        System::CtdTuned,
+        System::CtdDirect,
+    ];
+
+    /// The system whose [`System::short`] name is `name`.
+    pub fn from_short(name: &str) -> Option<System> {
+        System::ALL.into_iter().find(|s| s.short() == name)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             System::None => "no agent",

@@ -60,6 +60,15 @@ struct Cli {
     /// before starting anyway [default: 1.5 with --quick, 10 otherwise].
     #[arg(long)]
     quiet_wait: Option<f64>,
+    /// Development aid: measure only these systems (short names: none, hasync,
+    /// ctd-default, ctd-tuned, ctd-direct; comma-separated). The report then shows only
+    /// them.
+    #[arg(long, hide = true, value_delimiter = ',')]
+    systems: Vec<String>,
+    /// Development aid: the lossless ceiling (flows/s) latency and memory assume when
+    /// `ceiling` is not measured in this run [default: 100000].
+    #[arg(long, hide = true)]
+    ceiling: Option<f64>,
     /// Development aid (for profiling): start this system (none, hasync, ctd-default,
     /// ctd-tuned, ctd-direct) in a lab, offer `--dev-rate` flows/s (0: flat out) for
     /// `--dev-secs`, print what happened, clean up.
@@ -124,6 +133,16 @@ fn run() -> Result<()> {
     .map(|(_, n)| n)
     .sum();
     let mut ctx = Ctx::new(q, opts, total);
+    if !cli.systems.is_empty() {
+        let mut only = Vec::new();
+        for name in &cli.systems {
+            only.push(
+                agents::System::from_short(name)
+                    .with_context(|| format!("--systems: unknown system {name}"))?,
+            );
+        }
+        ctx.only = Some(only);
+    }
     ctx.quiet_wait = Duration::from_secs_f64(cli.quiet_wait.unwrap_or(if q { 1.5 } else { 10.0 }));
     let started = Instant::now();
     ctx.say(format!(
@@ -152,7 +171,8 @@ fn run() -> Result<()> {
     let ceilings = results.ceiling.clone().unwrap_or_else(|| {
         let mut c = ceiling::CeilingResult::default();
         for s in measure::SYNC_SYSTEMS {
-            c.systems.entry(s).or_default().ceiling.push(100_000.0);
+            let assumed = cli.ceiling.unwrap_or(100_000.0);
+            c.systems.entry(s).or_default().ceiling.push(assumed);
         }
         c
     });
@@ -222,16 +242,8 @@ fn run() -> Result<()> {
 }
 
 fn dev_run(name: &str, rate: f64, secs: f64, hasync_bin: PathBuf) -> Result<()> {
-    let system = [
-        agents::System::None,
-        agents::System::Hasync,
-        agents::System::CtdDefault,
-        agents::System::CtdTuned,
-        agents::System::CtdDirect,
-    ]
-    .into_iter()
-    .find(|s| s.short() == name)
-    .with_context(|| format!("unknown system {name}"))?;
+    let system =
+        agents::System::from_short(name).with_context(|| format!("unknown system {name}"))?;
     let _host = sys::HostConntrack::ensure(4 << 20)?;
     let opts = agents::AgentOpts {
         hasync_bin,

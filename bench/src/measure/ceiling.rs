@@ -172,6 +172,9 @@ pub fn run(ctx: &mut Ctx) -> Result<CeilingResult> {
         ctx.step_done();
 
         for sys in SYNC_SYSTEMS {
+            if !ctx.wants(sys) {
+                continue;
+            }
             ctx.step(format!("ceiling: {} (rep {}/{reps})", sys.name(), rep + 1));
             let mut run: Vec<Step> = Vec::new();
             let mut lo: Option<f64> = None;

@@ -98,6 +98,9 @@ pub fn run(ctx: &mut Ctx, ceilings: &CeilingResult) -> Result<LatencyResult> {
     };
     for rep in 0..reps {
         for sys in SYSTEMS {
+            if !ctx.wants(sys) {
+                continue;
+            }
             let ceiling = match sys {
                 System::CtdDirect => ceilings.ceiling(System::CtdTuned),
                 s => ceilings.ceiling(s),

@@ -39,6 +39,8 @@ pub struct Ctx {
     pub background: crate::stats::Summary,
     /// How long a trial waits for the machine to be quiet before it starts anyway.
     pub quiet_wait: Duration,
+    /// Measure only these systems (development aid); `None` = all.
+    pub only: Option<Vec<System>>,
 }
 
 impl Ctx {
@@ -61,7 +63,13 @@ impl Ctx {
             log: Vec::new(),
             background: Default::default(),
             quiet_wait: Duration::from_millis(1500),
+            only: None,
         }
+    }
+
+    /// Whether `sys` is measured in this run (the no-agent baseline always is).
+    pub fn wants(&self, sys: System) -> bool {
+        sys == System::None || self.only.as_ref().is_none_or(|o| o.contains(&sys))
     }
 
     /// Repetitions of a measurement: `full` normally, `quick` with `--quick`.

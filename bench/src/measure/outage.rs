@@ -39,6 +39,9 @@ pub fn run(ctx: &mut Ctx) -> Result<OutageResult> {
     let mut out = OutageResult::default();
     let reps = ctx.reps(1, 3);
     for system in SYNC_SYSTEMS {
+        if !ctx.wants(system) {
+            continue;
+        }
         let mut s = SystemOutage::default();
         for rep in 0..reps {
             ctx.step(format!("outage {} rep {}", system.name(), rep + 1));

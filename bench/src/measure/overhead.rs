@@ -52,6 +52,9 @@ pub fn run(ctx: &mut Ctx) -> Result<OverheadResult> {
     };
     for rep in 0..reps {
         for sys in SYSTEMS {
+            if !ctx.wants(sys) {
+                continue;
+            }
             ctx.step(format!(
                 "overhead UDP {} (rep {}/{reps})",
                 sys.name(),

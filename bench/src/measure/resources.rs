@@ -82,6 +82,9 @@ pub fn run(ctx: &mut Ctx, ceilings: &CeilingResult) -> Result<ResourcesResult> {
     for (si, n) in sizes(ctx.quick).into_iter().enumerate() {
         for rep in 0..reps {
             for sys in SYNC_SYSTEMS {
+                if !ctx.wants(sys) {
+                    continue;
+                }
                 ctx.step(format!(
                     "memory/resync: {} with {n} entries (rep {}/{reps})",
                     sys.name(),
