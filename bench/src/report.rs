@@ -856,28 +856,34 @@ pub fn markdown(r: &Results, m: &Meta) -> (String, Option<String>) {
 
     if let Some(a) = &r.auth {
         md.push_str(
-            "## 7. Authentication overhead\n\n\
+            "## 7. Authentication and encryption overhead\n\n\
              Every sync datagram carries an HMAC-SHA-256 tag (truncated to 16 bytes) over header and \
-             payload: the primary signs, the backup verifies. Timed in-process with hasync's `SyncKey` \
-             (median of the repetitions, ns per datagram), then per 1,000 events with the events per \
-             datagram of section 2's first repetition at 20k/s and at the ceiling. hasync has no \
-             unauthenticated mode; the CPU figures of section 4 include this cost, so \"without\" \
-             is those figures minus it. conntrackd's sync traffic is not authenticated (only a \
-             checksum).\n\n\
-             | datagram | events per datagram | sign ns | verify ns | CPU ms per 1,000 events, primary | CPU ms per 1,000 events, backup |\n\
-             |---|---:|---:|---:|---:|---:|\n",
+             payload: the primary signs, the backup verifies. With `encrypt_sync = true` an \
+             AES-256-GCM-SIV tag replaces it and the payload is encrypted: the primary encrypts, the \
+             backup decrypts in place (timed with a copy of the datagram). Timed in-process with \
+             hasync's `SyncKey` (median of the repetitions, ns per datagram), then per 1,000 events \
+             with the events per datagram of section 2's first repetition at 20k/s and at the \
+             ceiling. hasync has no unauthenticated mode; the CPU figures of section 4 include the \
+             HMAC (the bench runs without encryption), so \"without\" is those figures minus it. \
+             conntrackd's sync traffic is neither authenticated (only a checksum) nor encrypted.\n\n\
+             | datagram | events per datagram | sign ns | verify ns | HMAC CPU ms per 1,000 events, primary / backup | encrypt ns | decrypt ns | encryption CPU ms per 1,000 events, primary / backup |\n\
+             |---|---:|---:|---:|---:|---:|---:|---:|\n",
         );
         for s in &a.shapes {
             let per_k = |ns: f64| ns * 1000.0 / s.events_per_datagram / 1e6;
             let _ = writeln!(
                 md,
-                "| {} B | {:.1} | {} | {} | {:.3} | {:.3} |",
+                "| {} B | {:.1} | {} | {} | {:.3} / {:.3} | {} | {} | {:.3} / {:.3} |",
                 s.bytes,
                 s.events_per_datagram,
                 cell(Some(&s.sign_ns), 1.0, 0),
                 cell(Some(&s.verify_ns), 1.0, 0),
                 per_k(s.sign_ns.median()),
-                per_k(s.verify_ns.median())
+                per_k(s.verify_ns.median()),
+                cell(Some(&s.seal_ns), 1.0, 0),
+                cell(Some(&s.open_ns), 1.0, 0),
+                per_k(s.seal_ns.median()),
+                per_k(s.open_ns.median())
             );
         }
         md.push('\n');

@@ -7,8 +7,10 @@
 //! - `ctl` even: `body` is a raw datagram (parsed, decoded without a key, and handed to
 //!   the Receiver, where almost everything fails authentication);
 //! - `ctl` odd: `body` = `type u8, count u16, epoch u8, seq u16, node u8, payload…` is
-//!   wrapped in a valid header and signed with the Receiver's key, so arbitrary payloads
-//!   of every message type (and invalid types) reach the authenticated decoders.
+//!   wrapped in a valid header and signed with the Receiver's key (encrypted when the
+//!   node byte's top bit is set), so arbitrary payloads of every message type (and
+//!   invalid types) reach the authenticated decoders, through both the HMAC and the
+//!   decrypt-in-place path. The Sender encrypts when the input's first byte is odd.
 //!
 //! `ctl >> 1` advances the simulated clock (ms), so NACK timers fire. After each chunk
 //! the Receiver is polled for NACKs and resyncs; NACKs (and every received NACK
@@ -21,7 +23,7 @@
 //! Checked beyond "no panic": a rejected datagram adds no changes or expectations;
 //! every decoded change and expectation change re-encodes and decodes to itself; every accepted control message re-encodes to the
 //! exact payload bytes; the Sender's ready queue is consistent and every datagram in it
-//! verifies; given-up counts match what `poll_resync` reported; the window accounting
+//! opens; given-up counts match what `poll_resync` reported; the window accounting
 //! (`lost - recovered - expired == missing`) holds.
 
 #![no_main]
@@ -97,7 +99,11 @@ fn signed(body: &[u8]) -> Option<Vec<u8>> {
     let fields = HeaderFields {
         // 0 and 11 are invalid types.
         msg_type: hdr[0] % 12,
-        flags: 0,
+        flags: if hdr[6] & 0x80 != 0 {
+            wire::FLAG_ENCRYPTED
+        } else {
+            0
+        },
         node: u32::from(hdr[6] % 4),
         epoch: u32::from(hdr[3] % 4),
         seq: u64::from(u16::from_le_bytes([hdr[4], hdr[5]])),
@@ -168,8 +174,8 @@ fn check_sender(s: &Sender) {
     assert_eq!(s.ready().count(), s.ready_len());
     assert_eq!(s.ready().len(), s.ready_len());
     for d in s.ready() {
-        let dg = Datagram::parse(d).expect("own datagrams parse");
-        dg.verify(&RING).expect("own datagrams verify");
+        let mut copy = d.to_vec();
+        let dg = wire::open((&mut copy).into(), &RING).expect("own datagrams open");
         assert!(s.retained_range().contains(&dg.seq()));
     }
 }
@@ -179,6 +185,7 @@ fuzz_target!(|data: &[u8]| {
     let mut cfg = SenderConfig::new(1, 1);
     cfg.retain = 16;
     cfg.max_datagram = 512;
+    cfg.encrypt = data.first().is_some_and(|b| b & 1 == 1);
     let mut s = Sender::new(cfg, KEY.clone(), *T0).unwrap_or_else(|_| unreachable!());
     let mut asm = DigestAssembly::default();
     let src: SocketAddr = "192.0.2.1:4800".parse().unwrap_or_else(|_| unreachable!());
@@ -194,7 +201,7 @@ fuzz_target!(|data: &[u8]| {
         let len = usize::from(u16::from_le_bytes([len[0], len[1]])).min(tail.len());
         let (body, tail) = tail.split_at(len);
         rest = tail;
-        let datagram = if ctl & 1 == 0 {
+        let mut datagram = if ctl & 1 == 0 {
             raw(body);
             body.to_vec()
         } else {
@@ -206,7 +213,11 @@ fuzz_target!(|data: &[u8]| {
         tick += u64::from(ctl >> 1);
         let now = *T0 + Duration::from_millis(tick);
         let (before, xbefore) = (out.len(), xs.len());
-        match r.handle_with_expects(now, src, &datagram, &mut out, &mut xs) {
+        let sent = datagram.clone();
+        // What the receiver will see once it has decrypted (opening is stateless).
+        let mut plain = datagram.clone();
+        let _ = wire::open((&mut plain).into(), &RING);
+        match r.handle_with_expects(now, src, &mut datagram, &mut out, &mut xs) {
             Ok(got) => {
                 if let Payload::Data { changes } = got.payload {
                     assert_eq!(out.len(), before + changes);
@@ -222,7 +233,7 @@ fuzz_target!(|data: &[u8]| {
                 } else {
                     assert_eq!((out.len(), xs.len()), (before, xbefore));
                 }
-                let dg = Datagram::parse(&datagram).expect("accepted datagrams parse");
+                let dg = Datagram::parse(&plain).expect("accepted datagrams parse");
                 check_reencode(dg.payload(), dg.header().count.get(), &got.payload);
                 match got.payload {
                     Payload::Nack(n) => {
@@ -238,11 +249,20 @@ fuzz_target!(|data: &[u8]| {
                     _ => {}
                 }
             }
-            Err(_) => assert_eq!(
-                (out.len(), xs.len()),
-                (before, xbefore),
-                "a rejected datagram adds nothing"
-            ),
+            Err(e) => {
+                assert_eq!(
+                    (out.len(), xs.len()),
+                    (before, xbefore),
+                    "a rejected datagram adds nothing"
+                );
+                // Unauthenticated: untouched. Refused after authentication (replayed,
+                // malformed, ...): decrypted, as `open` alone would have left it.
+                if e == hasync::sync::Reject::AuthFailed {
+                    assert_eq!(datagram, sent, "an unauthenticated datagram is left as it was");
+                } else {
+                    assert!(datagram == sent || datagram == plain, "{e:?}");
+                }
+            }
         }
         // The receiver's timers: its NACKs are served by the sender (bounded loop: each
         // poll either returns ranges or stops being due).

@@ -692,3 +692,75 @@ fn reopened_connections_stay_on_the_peer() {
         Duration::from_secs(5),
     );
 }
+
+/// `encrypt_sync = true` on both nodes: the table still converges, and on the sync link
+/// every datagram fw-a sends is flagged encrypted and shows none of the replicated
+/// flows' addresses, which decrypting it with the shared key does reveal (so the
+/// capture did hold the replicated table).
+#[test]
+fn encrypted_sync_converges_and_hides_the_table_on_the_link() {
+    use hasync::sync::{KeyRing, wire};
+    let lab = lab("enc");
+    let capture = support::LinkCapture::open(&lab.fw_b.ns, "sync0");
+    let encrypted = |mode: &str, peer: &str| {
+        let line = format!("  secret_key = \"{SECRET}\"\n");
+        let cfg = node_config(mode, peer, SECRET, "")
+            .replace(&line, &format!("{line}  encrypt_sync = true\n"));
+        assert!(cfg.contains("encrypt_sync"), "{cfg}");
+        cfg
+    };
+    let _a = Agent::start(&lab.fw_a.ns, "fw-a", &encrypted("primary", SYNC_B));
+    let _b = Agent::start(&lab.fw_b.ns, "fw-b", &encrypted("replica", SYNC_A));
+    let client: std::net::IpAddr = CLIENT_IP.parse().unwrap();
+    udp_flows(
+        &lab.client,
+        SocketAddr::new(client, 40000),
+        SERVER_IP.parse().unwrap(),
+        21000..21300,
+    );
+    wait_tables_equal(&lab.fw_a, &lab.fw_b, 300, Duration::from_secs(20));
+    // Counters are published periodically.
+    wait_metric(
+        &lab.fw_b.ns,
+        "sync_received_records_total",
+        "",
+        300.0,
+        Duration::from_secs(5),
+    );
+    let mb = metrics(&lab.fw_b.ns);
+    let received = metric(&mb, "sync_received_datagrams_total", "");
+    assert!(received > 0.0, "{mb}");
+    assert_eq!(
+        metric(&mb, "sync_received_encrypted_datagrams_total", ""),
+        received,
+        "every datagram from fw-a arrived encrypted:\n{mb}"
+    );
+
+    let client_bytes = CLIENT_IP.parse::<std::net::Ipv4Addr>().unwrap().octets();
+    let contains = |hay: &[u8]| hay.windows(4).any(|w| w == client_bytes);
+    let keys = KeyRing::from_secrets(SECRET.as_bytes(), None).unwrap();
+    let from_a: Vec<_> = capture
+        .udp()
+        .into_iter()
+        .filter(|c| c.src.to_string() == SYNC_A && c.dport == 3780)
+        .collect();
+    assert!(
+        !from_a.is_empty(),
+        "no sync datagram captured on fw-b's sync0"
+    );
+    let mut revealed = 0;
+    for mut c in from_a {
+        let dg = wire::Datagram::parse(&c.payload).expect("a sync datagram");
+        assert!(dg.encrypted(), "datagram seq {} sent in clear", dg.seq());
+        assert!(
+            !contains(&c.payload),
+            "a client address in clear on the link"
+        );
+        wire::open((&mut c.payload).into(), &keys).expect("opens with the shared key");
+        revealed += usize::from(contains(&c.payload));
+    }
+    assert!(
+        revealed > 0,
+        "no captured datagram carried the replicated flows"
+    );
+}

@@ -119,6 +119,7 @@ impl DataPath {
         }
         let sender_cfg = SenderConfig {
             max_datagram: sync_cfg.max_datagram_size as usize,
+            encrypt: cfg.replication.encrypt_sync,
             ..SenderConfig::new(node, epoch)
         };
         let sender = Sender::new(sender_cfg, SyncKey::derive(secret)?, Instant::now())?;

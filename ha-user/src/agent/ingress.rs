@@ -202,7 +202,7 @@ impl Loop {
                     if let Ok(got) = self.i.receiver.handle_with_expects(
                         now,
                         src,
-                        &self.buf[..n],
+                        &mut self.buf[..n],
                         &mut self.changes,
                         &mut self.expects,
                     ) {
@@ -513,6 +513,11 @@ impl Loop {
                 "sync_received_datagrams",
                 "Sync datagrams accepted",
                 rx.datagrams,
+            ),
+            Sample::counter(
+                "sync_received_encrypted_datagrams",
+                "Of the accepted sync datagrams, those that arrived encrypted",
+                rx.encrypted,
             ),
             Sample::counter(
                 "sync_received_records",

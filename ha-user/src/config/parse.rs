@@ -362,6 +362,10 @@ fn replication(cx: &mut Cx, b: &Block) -> Replication {
     r.previous_secret_key = f
         .get(cx, "previous_secret_key", conv::secret)
         .map(SecretKey::new);
+    set(
+        &mut r.encrypt_sync,
+        f.get(cx, "encrypt_sync", conv::boolean),
+    );
     r.tls_cert = f.get(cx, "tls_cert", conv::abs_path);
     r.tls_key = f.get(cx, "tls_key", conv::abs_path);
     r.tls_ca = f.get(cx, "tls_ca", conv::abs_path);

@@ -88,6 +88,8 @@ pub struct Replication {
     pub secret_key: Option<SecretKey>,
     /// During a key rotation: also accepted (never used to sign).
     pub previous_secret_key: Option<SecretKey>,
+    /// Encrypt sync datagrams' payload (a key derived from `secret_key`).
+    pub encrypt_sync: bool,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     pub tls_ca: Option<PathBuf>,
@@ -431,6 +433,8 @@ pub static REFERENCE: &[AttrDoc] = &[
         "Pre-shared key authenticating heartbeats and sync messages; at least 8 characters, identical on both nodes. Required when HA or sync is enabled."),
     attr!(R, "previous_secret_key", "string", None, false, "\"old-lab-secret\"",
         "Key rotation: messages signed with this older key are still accepted (this node signs with `secret_key` only). Set the new `secret_key` plus the old one here on each node in turn, then remove this."),
+    attr!(R, "encrypt_sync", "bool", Some("false"), false, "true",
+        "Encrypt the payload of every sync datagram (AES-256-GCM-SIV, key derived from `secret_key`, header authenticated) so the connection table is not readable on the sync link. Datagrams are authenticated either way, and both forms are accepted from the peer, so it can be turned on one node at a time."),
     attr!(R, "tls_cert", "string (path)", None, false, "\"/etc/hasync/tls/node.pem\"",
         "PEM certificate for the replication channel; needs `tls_key`."),
     attr!(R, "tls_key", "string (path)", None, false, "\"/etc/hasync/tls/node.key\"",

@@ -61,7 +61,7 @@ pub mod wire;
 #[cfg(test)]
 mod tests;
 
-pub use auth::{KeyError, KeyRing, SYNC_PURPOSE, SyncKey, TAG_LEN, derive_key};
+pub use auth::{AeadNonce, KeyError, KeyRing, SYNC_PURPOSE, SyncKey, TAG_LEN, derive_key};
 pub use digest::{
     BucketSet, DEFAULT_BUCKETS, Digest, DigestAssembly, DigestError, DigestKey, bucket_of,
     entry_hash,

@@ -33,8 +33,8 @@ use super::reject::{Reject, RejectKind};
 use super::replay::{ReplayError, ReplayWindow};
 use super::stats::ReceiverStats;
 use super::wire::{
-    self, Alive, Datagram, DigestChunk, DigestRequest, Hello, Message, MsgType, Nack, RepairDone,
-    RepairRequest, ResyncDone, ResyncRequest,
+    self, Alive, Bytes, Datagram, DigestChunk, DigestRequest, Hello, Message, MsgType, Nack,
+    RepairDone, RepairRequest, ResyncDone, ResyncRequest,
 };
 use crate::conntrack::{Change, ExpectChange, Key};
 use std::collections::HashMap;
@@ -74,6 +74,8 @@ impl ReceiverConfig {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PeerStats {
     pub datagrams: u64,
+    /// Of `datagrams`, those the peer sent encrypted.
+    pub encrypted: u64,
     pub records: u64,
     pub lost: u64,
     pub recovered: u64,
@@ -420,7 +422,9 @@ impl Receiver {
     }
 
     /// Processes one datagram from `src`. On success DATA changes have been appended to
-    /// `changes`; on rejection `changes` is untouched. Rejections are counted and
+    /// `changes`; on rejection `changes` is untouched. Pass the datagram writable
+    /// (`&mut`): an encrypted one is decrypted in place once authenticated (one that
+    /// fails authentication is left as it was); a read-only one can only be plaintext. Rejections are counted and
     /// logged (rate-limited). Expectation records are refused as malformed here (what
     /// a build without [`hello::FEATURE_EXPECT`] does); see
     /// [`handle_with_expects`](Self::handle_with_expects).
@@ -428,10 +432,10 @@ impl Receiver {
         &mut self,
         now: Instant,
         src: SocketAddr,
-        datagram: &'a [u8],
+        datagram: impl Into<Bytes<'a>>,
         changes: &mut Vec<Change>,
     ) -> Result<Received<'a>, Reject> {
-        self.handle_checked(now, src, datagram, changes, None)
+        self.handle_checked(now, src, datagram.into(), changes, None)
     }
 
     /// Like [`handle`](Self::handle), and expectation records of DATA datagrams are
@@ -441,11 +445,11 @@ impl Receiver {
         &mut self,
         now: Instant,
         src: SocketAddr,
-        datagram: &'a [u8],
+        datagram: impl Into<Bytes<'a>>,
         changes: &mut Vec<Change>,
         expects: &mut Vec<ExpectChange>,
     ) -> Result<Received<'a>, Reject> {
-        self.handle_checked(now, src, datagram, changes, Some(expects))
+        self.handle_checked(now, src, datagram.into(), changes, Some(expects))
     }
 
     /// Whether expectation records may go on the wire: some peer agreed a version by
@@ -467,7 +471,7 @@ impl Receiver {
         &mut self,
         now: Instant,
         src: SocketAddr,
-        datagram: &'a [u8],
+        datagram: Bytes<'a>,
         changes: &mut Vec<Change>,
         expects: Option<&mut Vec<ExpectChange>>,
     ) -> Result<Received<'a>, Reject> {
@@ -498,17 +502,18 @@ impl Receiver {
         &mut self,
         now: Instant,
         src: SocketAddr,
-        datagram: &'a [u8],
+        datagram: Bytes<'a>,
         changes: &mut Vec<Change>,
         expects: Option<&mut Vec<ExpectChange>>,
     ) -> Result<Received<'a>, Reject> {
-        let dg = Datagram::parse(datagram)?;
-        let (node, epoch, seq) = (dg.node(), dg.epoch(), dg.seq());
-        if node == self.node {
+        let len = datagram.len();
+        // Our own (multicast loopback) is dropped before any cryptography.
+        if Datagram::parse(datagram.as_slice())?.node() == self.node {
             return Err(Reject::OwnNode);
         }
-        dg.verify(&self.keys)?;
-        // Authenticated from here on.
+        let dg = wire::open(datagram, &self.keys)?;
+        let (node, epoch, seq) = (dg.node(), dg.epoch(), dg.seq());
+        // Authenticated (and decrypted) from here on.
         let (idx, peer_event) = self.peer_for(now, src, node, epoch, seq)?;
         let p = &mut self.peers[idx];
         let track = !p.version.is_incompatible();
@@ -569,7 +574,11 @@ impl Receiver {
         }
         p.stats.datagrams += 1;
         st.datagrams += 1;
-        st.bytes += datagram.len() as u64;
+        st.bytes += len as u64;
+        if dg.encrypted() {
+            p.stats.encrypted += 1;
+            st.encrypted += 1;
+        }
 
         let first = changes.len();
         let payload = match dg.message()? {

@@ -22,8 +22,9 @@ pub enum Reject {
     /// Unknown flag bits, non-zero reserved bytes, zero node id / epoch / sequence.
     #[error("invalid header: {0}")]
     BadHeader(&'static str),
-    /// The encryption flag is set; this build does not support encrypted payloads.
-    #[error("encrypted payloads are not supported")]
+    /// An encrypted datagram handed over in a read-only buffer (it is decrypted in
+    /// place); the agent always passes a writable one.
+    #[error("encrypted datagram in a read-only buffer")]
     Encrypted,
     /// Our own node id: multicast loopback, or two nodes configured with one id.
     #[error("datagram carries our own node id")]

@@ -35,7 +35,9 @@ use super::resend::{Budgets, DEFAULT_RESEND_HOLD_OFF, DEFAULT_RESEND_RATE, NackO
 use super::stats::SenderStats;
 use super::wire::expect::{self, ExpectEncodeError};
 use super::wire::record::{self, EncodeError, MIN_RECORD_LEN};
-use super::wire::{Alive, Control, HEADER_LEN, HeaderFields, Hello, MAX_DATAGRAM, MsgType};
+use super::wire::{
+    Alive, Control, FLAG_ENCRYPTED, HEADER_LEN, HeaderFields, Hello, MAX_DATAGRAM, MsgType,
+};
 use crate::conntrack::{Change, ExpectChange};
 
 /// Default datagram size: a 1500-byte MTU minus IPv4 and UDP headers.
@@ -83,6 +85,8 @@ pub struct SenderConfig {
     pub resend_rate: u32,
     /// Retransmissions allowed at once per requester.
     pub resend_burst: u32,
+    /// Encrypt every datagram's payload (`encrypt_sync`); it is authenticated either way.
+    pub encrypt: bool,
 }
 
 impl SenderConfig {
@@ -98,6 +102,7 @@ impl SenderConfig {
             resend_hold_off: DEFAULT_RESEND_HOLD_OFF,
             resend_rate: DEFAULT_RESEND_RATE,
             resend_burst: DEFAULT_RETAIN as u32,
+            encrypt: false,
         }
     }
 }
@@ -129,6 +134,8 @@ struct Slot {
 pub struct Sender {
     node: u32,
     epoch: u32,
+    /// Header flags of every datagram (ENCRYPTED or none).
+    flags: u16,
     max: usize,
     interval: Duration,
     hello_interval: Duration,
@@ -188,6 +195,7 @@ impl Sender {
         Ok(Sender {
             node: cfg.node_id,
             epoch: cfg.epoch,
+            flags: if cfg.encrypt { FLAG_ENCRYPTED } else { 0 },
             max: cfg.max_datagram,
             interval: cfg.alive_interval,
             hello_interval: cfg.hello_interval,
@@ -265,7 +273,7 @@ impl Sender {
         let idx = self.index(self.next_seq);
         let fields = HeaderFields {
             msg_type: msg_type as u8,
-            flags: 0,
+            flags: self.flags,
             node: self.node,
             epoch: self.epoch,
             seq: self.next_seq,

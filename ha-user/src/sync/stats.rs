@@ -104,6 +104,8 @@ impl RejectCounters {
 pub struct ReceiverStats {
     /// Datagrams accepted (authenticated, fresh), all types; includes malformed ones.
     pub datagrams: u64,
+    /// Of `datagrams`, those that arrived encrypted.
+    pub encrypted: u64,
     pub bytes: u64,
     /// Changes delivered.
     pub records: u64,

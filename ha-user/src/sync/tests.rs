@@ -757,6 +757,67 @@ proptest! {
         prop_assert!(r.handle(t, src(), &good, &mut out).is_ok());
     }
 
+    /// Encrypted datagrams deliver exactly what was pushed, and their payload is not
+    /// the plaintext one's.
+    #[test]
+    fn prop_encrypted_roundtrip(
+        changes in proptest::collection::vec(arb_change(), 1..60),
+    ) {
+        let t = Instant::now();
+        let sender = |encrypt: bool| {
+            let mut cfg = SenderConfig::new(1, 1);
+            cfg.encrypt = encrypt;
+            cfg.retain = 1024;
+            let mut s = Sender::new(cfg, key(), t).unwrap();
+            for c in &changes {
+                s.push(c).unwrap();
+            }
+            s.flush();
+            s.ready().map(|d| d.to_vec()).collect::<Vec<_>>()
+        };
+        let (plain, sealed) = (sender(false), sender(true));
+        prop_assert_eq!(plain.len(), sealed.len());
+        let mut r = Receiver::new(ReceiverConfig::new(2), ring());
+        let mut out = Vec::new();
+        for (p, mut e) in plain.iter().zip(sealed) {
+            prop_assert_eq!(p.len(), e.len());
+            prop_assert_ne!(&p[HEADER_LEN..], &e[HEADER_LEN..]);
+            prop_assert!(r.handle(t, src(), &mut e, &mut out).is_ok());
+        }
+        prop_assert_eq!(out, changes);
+        prop_assert_eq!(r.stats().encrypted, plain.len() as u64);
+    }
+
+    /// Any single bit flip of an encrypted datagram is rejected, delivers nothing and
+    /// leaves the buffer as it was.
+    #[test]
+    fn prop_encrypted_bit_flips_are_rejected(
+        changes in proptest::collection::vec(arb_change(), 1..8),
+    ) {
+        let t = Instant::now();
+        let mut cfg = SenderConfig::new(1, 1);
+        cfg.encrypt = true;
+        let mut s = Sender::new(cfg, key(), t).unwrap();
+        for c in &changes {
+            s.push(c).unwrap();
+        }
+        s.flush();
+        let good = s.ready().next().unwrap().to_vec();
+        let mut r = Receiver::new(ReceiverConfig::new(2), ring());
+        let mut out = Vec::new();
+        for bit in 0..good.len() * 8 {
+            let mut bad = good.clone();
+            bad[bit / 8] ^= 1 << (bit % 8);
+            let before = bad.clone();
+            prop_assert!(r.handle(t, src(), &mut bad, &mut out).is_err(), "bit {}", bit);
+            prop_assert!(out.is_empty());
+            prop_assert_eq!(bad, before);
+        }
+        prop_assert!(r.peers().is_empty());
+        prop_assert!(r.handle(t, src(), &mut good.clone(), &mut out).is_ok());
+        prop_assert_eq!(out, changes);
+    }
+
     /// Arbitrary bytes never panic the parser, the decoder or the receiver.
     #[test]
     fn prop_arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
@@ -894,4 +955,80 @@ fn throughput() {
         el.as_nanos() as f64 / n as f64,
         d.len()
     );
+}
+
+#[test]
+fn encrypted_and_plaintext_peers_are_both_accepted_and_replays_still_refused() {
+    let t = Instant::now();
+    let change = |port: u16| Change::Upsert {
+        entry: Entry {
+            orig: Tuple::new(
+                proto::UDP,
+                [10, 0, 0, 1].into(),
+                port,
+                [10, 0, 0, 2].into(),
+                53,
+            ),
+            reply: Tuple::new(
+                proto::UDP,
+                [10, 0, 0, 2].into(),
+                53,
+                [10, 0, 0, 1].into(),
+                port,
+            ),
+            status: status::CONFIRMED,
+            timeout: 30,
+            mark: 0,
+            zone: Zone::DEFAULT,
+            proto: ProtoInfo::None,
+            labels: None,
+        },
+        new: true,
+    };
+    let datagram = |node: u32, encrypt: bool, port: u16| {
+        let mut cfg = SenderConfig::new(node, 7);
+        cfg.encrypt = encrypt;
+        let mut s = Sender::new(cfg, key(), t).unwrap();
+        s.push(&change(port)).unwrap();
+        s.flush();
+        s.ready().next().unwrap().to_vec()
+    };
+    let mut r = Receiver::new(ReceiverConfig::new(2), ring());
+    let mut out = Vec::new();
+    let sealed = datagram(1, true, 1000);
+    // In a read-only buffer it cannot be decrypted, and nothing is learnt from it.
+    assert_eq!(
+        r.handle(t, src(), &sealed, &mut out).err(),
+        Some(Reject::Encrypted)
+    );
+    assert!(r.peers().is_empty());
+    r.handle(t, src(), &mut sealed.clone(), &mut out).unwrap();
+    r.handle(t, src(), &mut datagram(3, false, 2000), &mut out)
+        .unwrap();
+    assert_eq!(out, vec![change(1000), change(2000)]);
+    assert_eq!(
+        r.handle(t, src(), &mut sealed.clone(), &mut out).err(),
+        Some(Reject::Replayed { seq: 1 })
+    );
+    assert_eq!(r.stats().encrypted, 1);
+    assert_eq!(r.peer(1).unwrap().stats().encrypted, 1);
+    assert_eq!(r.peer(3).unwrap().stats().encrypted, 0);
+    // A key the receiver does not hold: refused as unauthenticated.
+    let other = Sender::new(
+        SenderConfig {
+            encrypt: true,
+            ..SenderConfig::new(4, 7)
+        },
+        SyncKey::derive(b"another secret").unwrap(),
+        t,
+    );
+    let mut other = other.unwrap();
+    other.push(&change(3000)).unwrap();
+    other.flush();
+    let mut d = other.ready().next().unwrap().to_vec();
+    assert_eq!(
+        r.handle(t, src(), &mut d, &mut out).err(),
+        Some(Reject::AuthFailed)
+    );
+    assert_eq!(out.len(), 2);
 }

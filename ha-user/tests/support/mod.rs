@@ -296,3 +296,94 @@ pub fn tcp_connections(ns: &NetNs, dst: SocketAddr, n: usize, rst_every: usize) 
     })
     .unwrap();
 }
+
+/// Captures the IPv4 UDP datagrams on one interface of a namespace (an AF_PACKET
+/// socket, like tcpdump): what actually crossed the link, in both directions.
+pub struct LinkCapture {
+    fd: std::os::fd::OwnedFd,
+}
+
+/// One captured UDP datagram.
+pub struct Captured {
+    pub src: std::net::Ipv4Addr,
+    pub dport: u16,
+    pub payload: Vec<u8>,
+}
+
+impl LinkCapture {
+    pub fn open(ns: &NetNs, ifname: &str) -> LinkCapture {
+        use std::os::fd::FromRawFd;
+        let name = std::ffi::CString::new(ifname).unwrap();
+        ns.enter(|| {
+            let proto = (libc::ETH_P_IP as u16).to_be();
+            // SAFETY: plain syscalls; the fd is owned right away, `addr` and `buf`
+            // outlive the calls that read them.
+            unsafe {
+                let fd = libc::socket(
+                    libc::AF_PACKET,
+                    libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                    i32::from(proto),
+                );
+                assert!(
+                    fd >= 0,
+                    "AF_PACKET socket: {}",
+                    std::io::Error::last_os_error()
+                );
+                let fd = std::os::fd::OwnedFd::from_raw_fd(fd);
+                let ifindex = libc::if_nametoindex(name.as_ptr());
+                assert!(ifindex > 0, "no interface {ifname}");
+                let mut addr: libc::sockaddr_ll = std::mem::zeroed();
+                addr.sll_family = libc::AF_PACKET as u16;
+                addr.sll_protocol = proto;
+                addr.sll_ifindex = ifindex as i32;
+                let rc = libc::bind(
+                    std::os::fd::AsRawFd::as_raw_fd(&fd),
+                    &addr as *const libc::sockaddr_ll as *const libc::sockaddr,
+                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                );
+                assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
+                let size: libc::c_int = 16 << 20;
+                libc::setsockopt(
+                    std::os::fd::AsRawFd::as_raw_fd(&fd),
+                    libc::SOL_SOCKET,
+                    libc::SO_RCVBUFFORCE,
+                    &size as *const libc::c_int as *const libc::c_void,
+                    std::mem::size_of::<libc::c_int>() as u32,
+                );
+                LinkCapture { fd }
+            }
+        })
+        .unwrap()
+    }
+
+    /// The UDP datagrams captured since the last call.
+    pub fn udp(&self) -> Vec<Captured> {
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; 65536];
+        loop {
+            // SAFETY: `buf` is valid for its length.
+            let n = unsafe {
+                libc::recv(
+                    std::os::fd::AsRawFd::as_raw_fd(&self.fd),
+                    buf.as_mut_ptr() as *mut libc::c_void,
+                    buf.len(),
+                    0,
+                )
+            };
+            if n <= 0 {
+                break;
+            }
+            let p = &buf[..n as usize];
+            let ihl = usize::from(p[0] & 0x0f) * 4;
+            if p.len() < ihl + 8 || p[9] != 17 {
+                continue;
+            }
+            out.push(Captured {
+                src: std::net::Ipv4Addr::new(p[12], p[13], p[14], p[15]),
+                dport: u16::from_be_bytes([p[ihl + 2], p[ihl + 3]]),
+                payload: p[ihl + 8..].to_vec(),
+            });
+        }
+        out
+    }
+}

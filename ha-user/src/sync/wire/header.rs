@@ -5,7 +5,7 @@
 //!      0    4 magic        b"HSYN"
 //!      4    1 version      1
 //!      5    1 type         MsgType (1..=10)
-//!      6    2 flags        bit 0 ENCRYPTED (reserved: rejected in v1); others must be 0
+//!      6    2 flags        bit 0 ENCRYPTED (payload is AES-256-GCM-SIV ciphertext); others 0
 //!      8    4 node         sender node id, non-zero
 //!     12    4 epoch        sender epoch, non-zero, new at every agent start
 //!     16    8 seq          per (node, epoch), starts at 1, +1 per datagram of ANY type
@@ -14,7 +14,8 @@
 //!     28    1 key_id       which ring key signed it (a fingerprint of the derived key)
 //!     29    3 reserved     must be 0
 //!     32    … payload
-//!  32+len  16 tag          HMAC-SHA256(header ‖ payload), first 16 bytes
+//!  32+len  16 tag          HMAC-SHA256(header ‖ payload), first 16 bytes; ENCRYPTED:
+//!                          the AEAD tag (nonce = epoch ‖ seq, associated data = header)
 //! ```
 //!
 //! All integers are big-endian (network order). There is no separate "ack" / "last
@@ -36,10 +37,12 @@ pub const VERSION: u8 = 1;
 /// Header size in bytes.
 pub const HEADER_LEN: usize = 32;
 
-/// Header flag: payload is encrypted. Reserved for a later version; rejected now.
+/// Header flag: the payload is encrypted (see `sync::auth`). Builds before it was
+/// implemented reject such datagrams as "encrypted", so enabling it on one node of a
+/// mixed pair is visible in the peer's reject counters.
 pub const FLAG_ENCRYPTED: u16 = 1 << 0;
-/// Flags a v1 receiver understands (and accepts).
-pub const KNOWN_FLAGS: u16 = 0;
+/// Flags this build understands (and accepts).
+pub const KNOWN_FLAGS: u16 = FLAG_ENCRYPTED;
 
 /// The on-wire header, read and written in place with `zerocopy`.
 #[derive(
