@@ -22,17 +22,16 @@
 //! when it skips echoes. A master that already has the helper pays nothing.
 
 use std::{
-    io, mem,
+    mem,
     time::{Duration, Instant},
 };
 
 use crate::conntrack::{Entry, ExpectChange, Expectation, Family, HelperName, Key, Tuple, Zone};
 
-use crate::kernel::netlink_socket::NlSocket;
-
 use super::{
-    CtnlError, DumpStats, RateLimit,
-    consts::{IPCTNL_MSG_CT_NEW, NETLINK_CAP_ACK, NETLINK_EXT_ACK, NLMSG_ERROR},
+    CtnlError, DumpStats,
+    batch::{BatchCounts, Batcher, ItemShape, errno_of},
+    consts::{IPCTNL_MSG_CT_NEW, NLMSG_ERROR},
     decode::{errno_name, is_ct_msg, parse_ct, parse_error},
     dump::{REQUEST_SEQ, Request, run_acked, run_dump},
     encode::{EncodeOptions, encode_delete},
@@ -44,7 +43,6 @@ use super::{
         set_ack,
     },
     nla::{MsgIter, Writer},
-    replies,
 };
 
 /// Socket sizing and policy for an [`ExpectInstaller`].
@@ -149,6 +147,13 @@ impl ExpectInstallCounts {
         self.errors.by_name()
     }
 
+    fn add_batches(&mut self, c: &BatchCounts) {
+        self.batches += c.batches;
+        self.messages += c.messages;
+        self.replies_lost += c.replies_lost;
+        self.malformed += c.malformed;
+    }
+
     fn add(&mut self, o: &ExpectInstallCounts) {
         self.created += o.created;
         self.existed += o.existed;
@@ -184,13 +189,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Writes replicated expectations into the namespace it was opened in.
 pub struct ExpectInstaller {
-    sock: NlSocket,
+    batch: Batcher,
     cfg: ExpectInstallerConfig,
-    buf: Vec<u8>,
-    rbuf: Vec<u8>,
-    seq: u32,
-    max_batch_bytes: usize,
-    max_batch_changes: usize,
     round: Vec<Pending>,
     next: Vec<Pending>,
     repairs: Vec<Pending>,
@@ -198,12 +198,16 @@ pub struct ExpectInstaller {
     errs: Vec<[i32; 2]>,
     failures: Vec<ExpectFailure>,
     totals: ExpectInstallCounts,
-    log: RateLimit,
 }
 
-fn errno_of(e: &io::Error) -> i32 {
-    e.raw_os_error().unwrap_or(libc::EIO)
-}
+/// Two requests per change; a failing change answers at most two capped errors of
+/// ~1 KiB truesize.
+const SHAPE: ItemShape = ItemShape {
+    item_max_len: 2 * MAX_EXP_MSG_LEN,
+    seqs_per_item: SEQS_PER_CHANGE,
+    reply_bytes: 2048,
+    min_items: 32,
+};
 
 impl ExpectInstaller {
     /// Opens an installer socket in the calling thread's network namespace.
@@ -212,42 +216,37 @@ impl ExpectInstaller {
     }
 
     pub fn with_config(cfg: ExpectInstallerConfig) -> Result<ExpectInstaller, CtnlError> {
-        let io = |op| move |source| CtnlError::Io { op, source };
-        let sock = NlSocket::netfilter(false).map_err(io("open expectation installer socket"))?;
-        let sndbuf = sock.set_sndbuf(cfg.sndbuf).map_err(io("set SO_SNDBUF"))?;
-        let rcvbuf = sock.set_rcvbuf(cfg.rcvbuf).map_err(io("set SO_RCVBUF"))?;
-        sock.set_netlink_flag(NETLINK_CAP_ACK, true)
-            .map_err(io("set NETLINK_CAP_ACK"))?;
-        sock.set_netlink_flag(NETLINK_EXT_ACK, false)
-            .map_err(io("set NETLINK_EXT_ACK"))?;
+        let batch = Batcher::open(
+            "ctnetlink expectation install",
+            cfg.sndbuf,
+            cfg.rcvbuf,
+            SHAPE,
+        )?;
         // Only the blocking reads of master repairs wait; batch replies are drained
         // with MSG_DONTWAIT.
-        sock.set_recv_timeout(REQUEST_TIMEOUT)
-            .map_err(io("set SO_RCVTIMEO"))?;
-        let max_batch_bytes = sndbuf.saturating_sub(64).max(2 * MAX_EXP_MSG_LEN);
+        batch
+            .sock
+            .set_recv_timeout(REQUEST_TIMEOUT)
+            .map_err(|source| CtnlError::Io {
+                op: "set SO_RCVTIMEO",
+                source,
+            })?;
         Ok(ExpectInstaller {
-            sock,
+            batch,
             cfg,
-            buf: Vec::with_capacity(max_batch_bytes.min(1 << 20)),
-            rbuf: vec![0u8; 64 << 10],
-            seq: 1,
-            max_batch_bytes,
-            // A failing change answers at most two capped errors of ~1 KiB truesize.
-            max_batch_changes: (rcvbuf / 2048).max(32),
             round: Vec::new(),
             next: Vec::new(),
             repairs: Vec::new(),
             errs: Vec::new(),
             failures: Vec::new(),
             totals: ExpectInstallCounts::default(),
-            log: RateLimit::new(),
         })
     }
 
     /// The socket's port id: expectation events (and, after a master repair, conntrack
     /// events) caused by this installer carry it as `nlmsg_pid`.
     pub fn portid(&self) -> u32 {
-        self.sock.portid()
+        self.batch.sock.portid()
     }
 
     /// Counters accumulated over all `install` calls.
@@ -352,7 +351,7 @@ impl ExpectInstaller {
         }
         self.totals.add(&rep);
         if (rep.errors() > 0 || rep.replies_lost > 0 || rep.malformed > 0)
-            && let Some(suppressed) = self.log.allow()
+            && let Some(suppressed) = self.batch.log.allow()
         {
             let first = self
                 .failures
@@ -380,74 +379,23 @@ impl ExpectInstaller {
     fn run_round(&mut self, changes: &[ExpectChange], rep: &mut ExpectInstallCounts) {
         self.errs.clear();
         self.errs.resize(self.round.len(), [0; 2]);
-        let mut i = 0;
-        while i < self.round.len() {
-            let start = i;
-            let base = self.seq;
-            self.buf.clear();
-            let mut w = Writer::new(&mut self.buf);
-            let mut msgs = 0u64;
-            while i < self.round.len()
-                && (i == start
-                    || (i - start < self.max_batch_changes
-                        && w.len() + 2 * MAX_EXP_MSG_LEN <= self.max_batch_bytes))
-            {
-                let seq = base.wrapping_add((i - start) as u32 * SEQS_PER_CHANGE);
-                match &changes[self.round[i].idx as usize] {
-                    ExpectChange::Upsert(e) => {
-                        encode_expect_create(&mut w, seq, e, &self.cfg.encode);
-                        encode_expect_set_timeout(&mut w, seq.wrapping_add(1), e);
-                        msgs += 2;
-                    }
-                    ExpectChange::Delete(k) => {
-                        encode_expect_delete(&mut w, seq, k);
-                        msgs += 1;
-                    }
+        let (round, encode, errs) = (&self.round, &self.cfg.encode, &mut self.errs);
+        let c = self.batch.send_all(
+            round.len(),
+            |w, i, seq| match &changes[round[i].idx as usize] {
+                ExpectChange::Upsert(e) => {
+                    encode_expect_create(w, seq, e, encode);
+                    encode_expect_set_timeout(w, seq.wrapping_add(1), e);
+                    2
                 }
-                i += 1;
-            }
-            let n = i - start;
-            self.seq = base.wrapping_add(n as u32 * SEQS_PER_CHANGE);
-            rep.batches += 1;
-            rep.messages += msgs;
-            if let Err(e) = self.sock.send(&self.buf) {
-                let errno = errno_of(&e);
-                self.errs[start..i].fill([errno, 0]);
-                if let Some(suppressed) = self.log.allow() {
-                    tracing::warn!(
-                        error = %e, changes = n, bytes = self.buf.len(), suppressed,
-                        "ctnetlink expectation install: sendmsg failed"
-                    );
+                ExpectChange::Delete(k) => {
+                    encode_expect_delete(w, seq, k);
+                    1
                 }
-                continue;
-            }
-            self.drain_replies(base, start, n, rep);
-        }
-    }
-
-    /// Reads the failure replies the kernel queued while processing a batch.
-    fn drain_replies(&mut self, base: u32, start: usize, n: usize, rep: &mut ExpectInstallCounts) {
-        let errs = &mut self.errs;
-        let d = replies::drain_failures(
-            &self.sock,
-            &mut self.rbuf,
-            &mut self.log,
-            "ctnetlink expectation install",
-            base,
-            |off, errno| {
-                let k = (off / SEQS_PER_CHANGE) as usize;
-                let slot = (off % SEQS_PER_CHANGE) as usize;
-                if k < n {
-                    errs[start + k][slot] = errno;
-                }
-                k < n
             },
+            |i, k, errno| errs[i][k] = errno,
         );
-        for _ in 0..d.replies_lost {
-            self.max_batch_changes = (self.max_batch_changes / 2).max(32);
-        }
-        rep.replies_lost += d.replies_lost;
-        rep.malformed += d.malformed;
+        rep.add_batches(&c);
     }
 
     /// Gives the master of `e` its helper by re-creating it (see the module docs).
@@ -506,7 +454,7 @@ impl ExpectInstaller {
                 let restored = self.request(|buf, seq| {
                     encode_create_with_helper(buf, seq, &entry, None, &opts, true)
                 });
-                if let Some(suppressed) = self.log.allow() {
+                if let Some(suppressed) = self.batch.log.allow() {
                     tracing::warn!(
                         master = ?entry.orig, %helper, error = errno_name(errno),
                         restored = restored.is_ok(), suppressed,
@@ -521,9 +469,12 @@ impl ExpectInstaller {
     /// Reads one conntrack entry and its helper name. ENOENT if it is not there.
     fn get_master(&mut self, orig: &Tuple, zone: Zone) -> Result<(Entry, Option<HelperName>), i32> {
         let seq = self.next_seq();
-        self.buf.clear();
-        encode_ct_get(&mut Writer::new(&mut self.buf), seq, orig, zone);
-        self.sock.send(&self.buf).map_err(|e| errno_of(&e))?;
+        self.batch.buf.clear();
+        encode_ct_get(&mut Writer::new(&mut self.batch.buf), seq, orig, zone);
+        self.batch
+            .sock
+            .send(&self.batch.buf)
+            .map_err(|e| errno_of(&e))?;
         let deadline = Instant::now() + REQUEST_TIMEOUT;
         let mut found = None;
         loop {
@@ -531,13 +482,14 @@ impl ExpectInstaller {
                 return Err(libc::ETIMEDOUT);
             }
             let len = self
+                .batch
                 .sock
-                .recv(&mut self.rbuf, false)
+                .recv(&mut self.batch.rbuf, false)
                 .map_err(|e| errno_of(&e))?;
-            if len > self.rbuf.len() {
+            if len > self.batch.rbuf.len() {
                 return Err(libc::EMSGSIZE);
             }
-            for m in MsgIter::new(&self.rbuf[..len]) {
+            for m in MsgIter::new(&self.batch.rbuf[..len]) {
                 let m = m.map_err(|_| libc::EBADMSG)?;
                 if m.seq != seq {
                     continue;
@@ -564,19 +516,23 @@ impl ExpectInstaller {
     /// acknowledgement.
     fn request(&mut self, build: impl FnOnce(&mut Vec<u8>, u32)) -> Result<(), i32> {
         let seq = self.next_seq();
-        self.buf.clear();
-        build(&mut self.buf, seq);
-        self.sock.send(&self.buf).map_err(|e| errno_of(&e))?;
+        self.batch.buf.clear();
+        build(&mut self.batch.buf, seq);
+        self.batch
+            .sock
+            .send(&self.batch.buf)
+            .map_err(|e| errno_of(&e))?;
         let deadline = Instant::now() + REQUEST_TIMEOUT;
         loop {
             if Instant::now() > deadline {
                 return Err(libc::ETIMEDOUT);
             }
             let len = self
+                .batch
                 .sock
-                .recv(&mut self.rbuf, false)
+                .recv(&mut self.batch.rbuf, false)
                 .map_err(|e| errno_of(&e))?;
-            for m in MsgIter::new(&self.rbuf[..len.min(self.rbuf.len())]) {
+            for m in MsgIter::new(&self.batch.rbuf[..len.min(self.batch.rbuf.len())]) {
                 let m = m.map_err(|_| libc::EBADMSG)?;
                 if m.seq == seq && m.ty == NLMSG_ERROR {
                     return match parse_error(&m) {
@@ -590,9 +546,7 @@ impl ExpectInstaller {
     }
 
     fn next_seq(&mut self) -> u32 {
-        let s = self.seq;
-        self.seq = self.seq.wrapping_add(1);
-        s
+        self.batch.next_seq()
     }
 }
 

@@ -10,16 +10,12 @@ use std::{collections::HashMap, mem};
 
 use crate::conntrack::{Change, Key};
 
-use crate::kernel::netlink_socket::NlSocket;
-
 use super::{
-    CtnlError, RateLimit,
-    consts::{NETLINK_CAP_ACK, NETLINK_EXT_ACK},
+    CtnlError,
+    batch::{BatchCounts, Batcher, ItemShape},
     decode::errno_name,
     encode::{EncodeOptions, MAX_MSG_LEN, encode_create, encode_delete, encode_update},
     errno_counts::{EntryErrnos, ErrnoCounts},
-    nla::Writer,
-    replies,
 };
 
 /// Socket sizing and encoding policy for an [`Installer`].
@@ -127,6 +123,13 @@ impl InstallCounts {
         self.errors.by_name()
     }
 
+    fn add_batches(&mut self, c: &BatchCounts) {
+        self.batches += c.batches;
+        self.messages += c.messages;
+        self.replies_lost += c.replies_lost;
+        self.malformed += c.malformed;
+    }
+
     fn add(&mut self, o: &InstallCounts) {
         self.created += o.created;
         self.updated += o.updated;
@@ -190,21 +193,24 @@ const MAX_ROUNDS: usize = 4;
 
 /// Writes changes into the kernel's conntrack table of the namespace it was opened in.
 pub struct Installer {
-    sock: NlSocket,
+    batch: Batcher,
     opts: EncodeOptions,
-    buf: Vec<u8>,
-    rbuf: Vec<u8>,
-    seq: u32,
-    max_batch_bytes: usize,
-    max_batch_msgs: usize,
     round: Vec<Pending>,
     next: Vec<Pending>,
     errs: Vec<i32>,
     last_of: HashMap<Key, u32>,
     failures: Vec<Failure>,
     totals: InstallCounts,
-    log: RateLimit,
 }
+
+/// One request per change. One capped error reply costs about 768 bytes of skb
+/// truesize; 1 KiB leaves a margin.
+const SHAPE: ItemShape = ItemShape {
+    item_max_len: MAX_MSG_LEN,
+    seqs_per_item: 1,
+    reply_bytes: 1024,
+    min_items: 64,
+};
 
 impl Installer {
     /// Opens an installer socket in the calling thread's network namespace with the
@@ -215,39 +221,22 @@ impl Installer {
 
     /// Like [`new`](Installer::new), with explicit buffer sizes and encoding policy.
     pub fn with_config(cfg: InstallerConfig) -> Result<Installer, CtnlError> {
-        let io = |op| move |source| CtnlError::Io { op, source };
-        let sock = NlSocket::netfilter(false).map_err(io("open installer socket"))?;
-        let sndbuf = sock.set_sndbuf(cfg.sndbuf).map_err(io("set SO_SNDBUF"))?;
-        let rcvbuf = sock.set_rcvbuf(cfg.rcvbuf).map_err(io("set SO_RCVBUF"))?;
-        // Failure replies carry only the request's header, not the whole request.
-        sock.set_netlink_flag(NETLINK_CAP_ACK, true)
-            .map_err(io("set NETLINK_CAP_ACK"))?;
-        sock.set_netlink_flag(NETLINK_EXT_ACK, false)
-            .map_err(io("set NETLINK_EXT_ACK"))?;
-        // netlink_sendmsg() refuses a datagram larger than sk_sndbuf - 32.
-        let max_batch_bytes = sndbuf.saturating_sub(64).max(MAX_MSG_LEN);
         Ok(Installer {
-            sock,
+            batch: Batcher::open("ctnetlink install", cfg.sndbuf, cfg.rcvbuf, SHAPE)?,
             opts: cfg.encode,
-            buf: Vec::with_capacity(max_batch_bytes.min(16 << 20)),
-            rbuf: vec![0u8; 64 << 10],
-            seq: 1,
-            max_batch_bytes,
-            max_batch_msgs: batch_msgs_for(rcvbuf),
             round: Vec::new(),
             next: Vec::new(),
             errs: Vec::new(),
             last_of: HashMap::new(),
             failures: Vec::new(),
             totals: InstallCounts::default(),
-            log: RateLimit::new(),
         })
     }
 
     /// The socket's netlink port id: destroy events caused by this installer's deletes
     /// carry it as `nlmsg_pid`, so the agent can tell its own deletions apart.
     pub fn portid(&self) -> u32 {
-        self.sock.portid()
+        self.batch.sock.portid()
     }
 
     /// Counters accumulated over all `install` calls.
@@ -262,7 +251,7 @@ impl Installer {
 
     /// Largest number of requests per `sendmsg` (shrinks after replies were lost).
     pub fn batch_limit(&self) -> (usize, usize) {
-        (self.max_batch_bytes, self.max_batch_msgs)
+        self.batch.limits()
     }
 
     /// Applies `changes` and reports the outcomes. Changes to different keys are
@@ -344,7 +333,7 @@ impl Installer {
         }
         self.totals.add(&rep);
         if (rep.errors() > 0 || rep.replies_lost > 0 || rep.malformed > 0)
-            && let Some(suppressed) = self.log.allow()
+            && let Some(suppressed) = self.batch.log.allow()
         {
             let first = self
                 .failures
@@ -368,77 +357,31 @@ impl Installer {
     fn run_round(&mut self, changes: &[Change], rep: &mut InstallCounts) {
         self.errs.clear();
         self.errs.resize(self.round.len(), 0);
-        let mut i = 0;
-        while i < self.round.len() {
-            let start = i;
-            let base = self.seq;
-            self.buf.clear();
-            let mut w = Writer::new(&mut self.buf);
-            while i < self.round.len()
-                && (i == start
-                    || (i - start < self.max_batch_msgs
-                        && w.len() + MAX_MSG_LEN <= self.max_batch_bytes))
-            {
-                let p = self.round[i];
-                let seq = base.wrapping_add((i - start) as u32);
+        let (round, opts, errs) = (&self.round, &self.opts, &mut self.errs);
+        let c = self.batch.send_all(
+            round.len(),
+            |w, i, seq| {
+                let p = round[i];
                 match (&changes[p.idx as usize], p.op) {
                     (Change::Upsert { entry, .. }, Op::Create) => {
-                        encode_create(&mut w, seq, entry, &self.opts)
+                        encode_create(w, seq, entry, opts)
                     }
                     (Change::Upsert { entry, .. }, Op::Update) => {
-                        encode_update(&mut w, seq, entry, true, &self.opts)
+                        encode_update(w, seq, entry, true, opts)
                     }
                     (Change::Upsert { entry, .. }, Op::UpdateNoStatus) => {
-                        encode_update(&mut w, seq, entry, false, &self.opts)
+                        encode_update(w, seq, entry, false, opts)
                     }
-                    (Change::Delete(key), _) => encode_delete(&mut w, seq, key),
+                    (Change::Delete(key), _) => encode_delete(w, seq, key),
                     (Change::Upsert { entry, .. }, Op::Delete) => {
-                        encode_delete(&mut w, seq, &entry.key())
+                        encode_delete(w, seq, &entry.key())
                     }
                 }
-                i += 1;
-            }
-            let n = i - start;
-            self.seq = base.wrapping_add(n as u32);
-            rep.batches += 1;
-            rep.messages += n as u64;
-            if let Err(e) = self.sock.send(&self.buf) {
-                let errno = e.raw_os_error().unwrap_or(libc::EIO);
-                self.errs[start..i].fill(errno);
-                if let Some(suppressed) = self.log.allow() {
-                    tracing::warn!(
-                        error = %e, requests = n, bytes = self.buf.len(), suppressed,
-                        "ctnetlink install: sendmsg failed"
-                    );
-                }
-                continue;
-            }
-            self.drain_replies(base, start, n, rep);
-        }
-    }
-
-    /// Reads the failure replies the kernel queued while processing the batch.
-    fn drain_replies(&mut self, base: u32, start: usize, n: usize, rep: &mut InstallCounts) {
-        let errs = &mut self.errs;
-        let d = replies::drain_failures(
-            &self.sock,
-            &mut self.rbuf,
-            &mut self.log,
-            "ctnetlink install",
-            base,
-            |off, errno| {
-                let k = off as usize;
-                if k < n {
-                    errs[start + k] = errno;
-                }
-                k < n
+                1
             },
+            |i, _, errno| errs[i] = errno,
         );
-        for _ in 0..d.replies_lost {
-            self.max_batch_msgs = (self.max_batch_msgs / 2).max(64);
-        }
-        rep.replies_lost += d.replies_lost;
-        rep.malformed += d.malformed;
+        rep.add_batches(&c);
     }
 }
 
@@ -447,11 +390,4 @@ fn change_key(c: &Change) -> Key {
         Change::Upsert { entry, .. } => entry.key(),
         Change::Delete(k) => *k,
     }
-}
-
-/// Requests per batch such that the failure replies of a batch that fails entirely
-/// still fit the receive buffer (`rcvbuf` as reported, i.e. already doubled). One
-/// capped error reply costs about 768 bytes of skb truesize; 1 KiB leaves a margin.
-fn batch_msgs_for(rcvbuf: usize) -> usize {
-    (rcvbuf / 1024).max(64)
 }

@@ -10,6 +10,7 @@
 //! codec ([`nla`], [`encode`], [`decode`]) is ours: zero allocations per message, and
 //! every reply parser bounds-checked.
 
+mod batch;
 pub mod consts;
 pub mod decode;
 pub mod dump;
