@@ -152,6 +152,30 @@ impl EventSocket {
         }
     }
 
+    /// The next event `parse` recognises. Messages it answers `None` for are skipped
+    /// (counted as ignored); one it cannot decode is counted, logged and returned as
+    /// an error, and the next call continues after it.
+    pub fn next_event<T>(
+        &mut self,
+        mut parse: impl FnMut(&Msg<'_>) -> Option<Result<T, DecodeError>>,
+    ) -> Result<Next<T>, CtnlError> {
+        loop {
+            return match self.next(&mut parse)? {
+                Next::Empty => Ok(Next::Empty),
+                Next::Overrun => Ok(Next::Overrun),
+                Next::Message(None) => {
+                    self.stats.ignored += 1;
+                    continue;
+                }
+                Next::Message(Some(Err(e))) => Err(self.malformed(e)),
+                Next::Message(Some(Ok(event))) => {
+                    self.stats.events += 1;
+                    Ok(Next::Message(event))
+                }
+            };
+        }
+    }
+
     /// Counts (and logs, rate-limited) a message that could not be decoded.
     pub fn malformed(&mut self, e: DecodeError) -> CtnlError {
         self.stats.malformed += 1;

@@ -124,31 +124,21 @@ impl DestroyListener {
     /// [`Recv::Empty`]. A malformed message is returned as an error (and counted); the
     /// next call continues after it.
     pub fn recv(&mut self) -> Result<Recv, CtnlError> {
-        loop {
-            let next = self.events.next(|msg| {
-                is_ct_msg(msg, IPCTNL_MSG_CT_DELETE).then(|| {
-                    let parsed = parse_ct(msg)?;
-                    Ok(Destroyed {
-                        key: parsed.key()?,
-                        entry: parsed.entry().ok(),
-                        portid: msg.pid,
-                    })
+        let next = self.events.next_event(|msg| {
+            is_ct_msg(msg, IPCTNL_MSG_CT_DELETE).then(|| {
+                let parsed = parse_ct(msg)?;
+                Ok(Destroyed {
+                    key: parsed.key()?,
+                    entry: parsed.entry().ok(),
+                    portid: msg.pid,
                 })
-            })?;
-            return match next {
-                Next::Empty => Ok(Recv::Empty),
-                Next::Overrun => Ok(Recv::Overrun),
-                Next::Message(None) => {
-                    self.events.stats.ignored += 1;
-                    continue;
-                }
-                Next::Message(Some(Err(e))) => Err(self.events.malformed(e)),
-                Next::Message(Some(Ok(destroyed))) => {
-                    self.events.stats.events += 1;
-                    Ok(Recv::Destroyed(destroyed))
-                }
-            };
-        }
+            })
+        })?;
+        Ok(match next {
+            Next::Empty => Recv::Empty,
+            Next::Overrun => Recv::Overrun,
+            Next::Message(destroyed) => Recv::Destroyed(destroyed),
+        })
     }
 }
 

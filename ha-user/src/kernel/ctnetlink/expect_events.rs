@@ -104,38 +104,28 @@ impl ExpectListener {
     /// [`ExpectRecv::Empty`]. A malformed message is returned as an error (and counted);
     /// the next call continues after it.
     pub fn recv(&mut self) -> Result<ExpectRecv, CtnlError> {
-        loop {
-            let next = self.events.next(|msg| {
-                let op = if is_exp_msg(msg, IPCTNL_MSG_EXP_NEW) {
-                    IPCTNL_MSG_EXP_NEW
-                } else if is_exp_msg(msg, IPCTNL_MSG_EXP_DELETE) {
-                    IPCTNL_MSG_EXP_DELETE
-                } else {
-                    return None;
-                };
-                Some(parse_expect(msg).and_then(|p| {
-                    let id = p.id;
-                    Ok(ExpectEvent {
-                        change: p.change(op)?,
-                        portid: msg.pid,
-                        id,
-                    })
-                }))
-            })?;
-            return match next {
-                Next::Empty => Ok(ExpectRecv::Empty),
-                Next::Overrun => Ok(ExpectRecv::Overrun),
-                Next::Message(None) => {
-                    self.events.stats.ignored += 1;
-                    continue;
-                }
-                Next::Message(Some(Err(e))) => Err(self.events.malformed(e)),
-                Next::Message(Some(Ok(event))) => {
-                    self.events.stats.events += 1;
-                    Ok(ExpectRecv::Event(event))
-                }
+        let next = self.events.next_event(|msg| {
+            let op = if is_exp_msg(msg, IPCTNL_MSG_EXP_NEW) {
+                IPCTNL_MSG_EXP_NEW
+            } else if is_exp_msg(msg, IPCTNL_MSG_EXP_DELETE) {
+                IPCTNL_MSG_EXP_DELETE
+            } else {
+                return None;
             };
-        }
+            Some(parse_expect(msg).and_then(|p| {
+                let id = p.id;
+                Ok(ExpectEvent {
+                    change: p.change(op)?,
+                    portid: msg.pid,
+                    id,
+                })
+            }))
+        })?;
+        Ok(match next {
+            Next::Empty => ExpectRecv::Empty,
+            Next::Overrun => ExpectRecv::Overrun,
+            Next::Message(event) => ExpectRecv::Event(event),
+        })
     }
 }
 
