@@ -710,7 +710,8 @@ fn encrypted_sync_converges_and_hides_the_table_on_the_link() {
         cfg
     };
     let _a = Agent::start(&lab.fw_a.ns, "fw-a", &encrypted("primary", SYNC_B));
-    let _b = Agent::start(&lab.fw_b.ns, "fw-b", &encrypted("replica", SYNC_A));
+    let b_cfg = encrypted("replica", SYNC_A);
+    let _b = Agent::start(&lab.fw_b.ns, "fw-b", &b_cfg);
     let client: std::net::IpAddr = CLIENT_IP.parse().unwrap();
     udp_flows(
         &lab.client,
@@ -734,6 +735,32 @@ fn encrypted_sync_converges_and_hides_the_table_on_the_link() {
         metric(&mb, "sync_received_encrypted_datagrams_total", ""),
         received,
         "every datagram from fw-a arrived encrypted:\n{mb}"
+    );
+
+    // `hasync status` tells the operator both directions.
+    let socket = b_cfg
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("control_socket = "))
+        .map(|v| v.trim_matches('"').to_string())
+        .expect("the config names a control socket");
+    let status = match hasync::control::client::call(
+        std::path::Path::new(&socket),
+        &hasync::control::Request::Status,
+    ) {
+        Ok(hasync::control::Response::Status(v)) => *v,
+        other => panic!("status: {other:?}"),
+    };
+    assert_eq!(
+        status.pointer("/sync/encrypting"),
+        Some(&serde_json::json!(true)),
+        "{status}"
+    );
+    assert!(
+        status
+            .pointer("/sync/received_encrypted")
+            .and_then(|v| v.as_u64())
+            > Some(0),
+        "{status}"
     );
 
     let client_bytes = CLIENT_IP.parse::<std::net::Ipv4Addr>().unwrap().octets();

@@ -958,6 +958,11 @@ impl Loop {
                 s.destroy_overruns,
             ),
             Sample::counter("sync_sent_datagrams", "Sync datagrams sealed", tx.datagrams),
+            Sample::gauge(
+                "sync_encrypting",
+                "1 if this node encrypts its sync datagrams (encrypt_sync)",
+                f64::from(u8::from(self.e.sender.encrypts())),
+            ),
             Sample::counter(
                 "sync_sent_records",
                 "Changes encoded into sync datagrams",

@@ -160,6 +160,17 @@ pub fn render_at(v: &Value, now: u64) -> String {
                 u(sync, "rejected_auth"),
                 u(sync, "ringbuf_drops")
             );
+            let _ = writeln!(
+                out,
+                "          payload: {}; {} of {} datagrams from peers arrived encrypted",
+                if b(sync, "encrypting") {
+                    "we encrypt (and authenticate)"
+                } else {
+                    "we authenticate, not encrypt"
+                },
+                u(sync, "received_encrypted"),
+                u(sync, "received_datagrams")
+            );
             let checked = u(sync, "consistency_ok_unix");
             let _ = writeln!(
                 out,
@@ -264,7 +275,8 @@ mod tests {
             },
             "sync": { "enabled": true, "in_sync": true, "full_syncs": 1, "last_full_sync_unix": 1800000000u64, "replica_entries": 0,
                       "sent_records": 10, "sent_datagrams": 2, "received_records": 500, "installed_created": 490,
-                      "installed_updated": 10, "installed_deleted": 3, "lost_datagrams": 0, "rejected_auth": 0, "ringbuf_drops": 0 }
+                      "installed_updated": 10, "installed_deleted": 3, "lost_datagrams": 0, "rejected_auth": 0, "ringbuf_drops": 0,
+                      "encrypting": true, "received_datagrams": 120, "received_encrypted": 120 }
         });
         let text = render_at(&v, 1_800_000_042);
         let expected = "\
@@ -279,6 +291,7 @@ timeline (newest last):
 sync:     in sync, 1 full sync(s), last 42.0s ago, 0 entries held for the peer
           sent 10 changes in 2 datagrams; received 500; installed 490 new / 10 updated / 3 deleted
           lost datagrams 0 (0 recovered), auth failures 0, ring-buffer drops 0
+          payload: we encrypt (and authenticate); 120 of 120 datagrams from peers arrived encrypted
           consistency: not verified yet, 0 repair(s), 0 stale entries deleted
 ";
         assert_eq!(text, expected);

@@ -300,6 +300,11 @@ impl Sender {
         self.stats.data_datagrams += 1;
     }
 
+    /// Whether this sender encrypts its datagrams.
+    pub fn encrypts(&self) -> bool {
+        self.flags & FLAG_ENCRYPTED != 0
+    }
+
     /// Adds one change to the open DATA datagram, sealing it first if the record does
     /// not fit, and after if no further record could. Never splits a record. An error
     /// (a change the encoder refuses) is counted and leaves everything else as it was.
