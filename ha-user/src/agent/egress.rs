@@ -293,8 +293,11 @@ impl Loop {
         self.e.sender.flush();
         self.send_ready();
         if total > 0 {
-            // Busy: look again shortly instead of waiting for the program's wake-up.
-            let _ = self.drain_timer.arm(self.e.drain_interval);
+            // Busy: look again shortly instead of waiting for the program's wake-up
+            // (a deadline already within the last half of that interval is kept).
+            let _ = self
+                .drain_timer
+                .arm_about(self.e.drain_interval, self.e.drain_interval / 2);
         }
     }
 

@@ -352,7 +352,7 @@ impl Loop {
             .given_up_now
             .store(self.i.receiver.stats().given_up, Ordering::Relaxed);
         let _ = match self.i.receiver.poll_timeout() {
-            Some(at) => self.nack_timer.arm(at.saturating_duration_since(now)),
+            Some(at) => self.nack_timer.arm_at(at),
             None => self.nack_timer.disarm(),
         };
     }
