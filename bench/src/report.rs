@@ -555,10 +555,15 @@ pub fn markdown(r: &Results, m: &Meta) -> (String, Option<String>) {
             "CPU: utime+stime of the agent process (`/proc/<pid>/stat`, all threads) over a step, \
              from the start of sending until the backup caught up, ÷ new flows created on fw-a × 1,000; \
              in brackets the same from `/proc/<pid>/task/*/schedstat` (ns resolution). Work done in \
-             softirq context (hasync's eBPF program, conntrack event delivery) is not charged to the \
-             agent: the whole-machine row (busy time of both cores ÷ flows, minus the same without an \
-             agent) includes it, along with the generator's share that a slower machine spends; it is \
-             only meaningful when nothing else ran on the machine (see the method notes).\n\n",
+             softirq context is charged to whatever thread the CPU was running at the time (this \
+             kernel has no separate IRQ time accounting): the eBPF program and conntrack event \
+             delivery run with the forwarded packets, mostly in the generator's time, while the \
+             peer's receipt of a sync datagram runs in the sending agent's (a profile of hasync's \
+             sender at 20k/s: 29% of its samples were softirq, nearly all of it the datagram's \
+             receipt on the backup). The whole-machine row (busy time of both cores ÷ flows, minus \
+             the same without an agent) includes all of it, along with the generator's share that a \
+             slower machine spends; it is only meaningful when nothing else ran on the machine (see \
+             the method notes).\n\n",
         );
         let mut t = Table::new(&SYNC_COLS);
         if let Some(c) = &r.ceiling {
