@@ -15,9 +15,10 @@
 //! `message`): magic, version, size, type, flags, reserved/zero fields, declared length
 //! — all stateless — then the tag (of the HMAC, or of the AEAD that also decrypts the
 //! payload in place when the header's ENCRYPTED flag is set); only an authenticated
-//! datagram touches peer state or is decoded. One bad record rejects the whole datagram: it is authenticated, so a bad
-//! record means a bug or version skew on the sender, and applying half a batch would
-//! hide it; it is counted as `Malformed` with its offset.
+//! datagram touches peer state or is decoded. One bad record rejects the whole
+//! datagram: it is authenticated, so a bad record means a bug or version skew on the
+//! sender, and applying half a batch would hide it; it is counted as `Malformed` with
+//! its offset.
 
 pub mod check;
 pub mod expect;
