@@ -24,6 +24,20 @@ fn ring() -> KeyRing {
     KeyRing::new(key(), None)
 }
 
+/// The first datagram node 1 (epoch 1) seals for `changes`.
+fn first_datagram(changes: &[Change], encrypt: bool, t: Instant) -> Vec<u8> {
+    let cfg = SenderConfig {
+        encrypt,
+        ..SenderConfig::new(1, 1)
+    };
+    let mut s = Sender::new(cfg, key(), t).unwrap();
+    for c in changes {
+        s.push(c).unwrap();
+    }
+    s.flush();
+    s.ready().next().unwrap().to_vec()
+}
+
 /// xorshift64*: tiny, seeded, good enough for a network simulation.
 struct Rng(u64);
 
@@ -739,12 +753,7 @@ proptest! {
         changes in proptest::collection::vec(arb_change(), 1..8),
     ) {
         let t = Instant::now();
-        let mut s = Sender::new(SenderConfig::new(1, 1), key(), t).unwrap();
-        for c in &changes {
-            s.push(c).unwrap();
-        }
-        s.flush();
-        let good = s.ready().next().unwrap().to_vec();
+        let good = first_datagram(&changes, false, t);
         let mut r = Receiver::new(ReceiverConfig::new(2), ring());
         let mut out = Vec::new();
         for bit in 0..good.len() * 8 {
@@ -795,14 +804,7 @@ proptest! {
         changes in proptest::collection::vec(arb_change(), 1..8),
     ) {
         let t = Instant::now();
-        let mut cfg = SenderConfig::new(1, 1);
-        cfg.encrypt = true;
-        let mut s = Sender::new(cfg, key(), t).unwrap();
-        for c in &changes {
-            s.push(c).unwrap();
-        }
-        s.flush();
-        let good = s.ready().next().unwrap().to_vec();
+        let good = first_datagram(&changes, true, t);
         let mut r = Receiver::new(ReceiverConfig::new(2), ring());
         let mut out = Vec::new();
         for bit in 0..good.len() * 8 {
