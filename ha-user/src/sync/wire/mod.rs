@@ -119,10 +119,8 @@ pub fn open<'a>(bytes: Bytes<'a>, keys: &KeyRing) -> Result<Datagram<'a>, Reject
                 (dg.encrypted(), dg.header.key_id, dg.signed.len())
             };
             if !encrypted {
-                let b: &'a [u8] = b;
-                let dg = Datagram::parse(b)?;
-                dg.verify(keys)?;
-                return Ok(dg);
+                // Nothing to decrypt: the read-only path, as is.
+                return open(Bytes::Shared(b), keys);
             }
             let (signed, tag) = b.split_at_mut(signed_len);
             let tag: [u8; TAG_LEN] = (&*tag)
