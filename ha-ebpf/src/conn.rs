@@ -14,7 +14,7 @@ use ha_common::{
 
 use crate::{
     Packet, filter,
-    maps::{EVENTS, SCRATCH, SEEN, WAKE, count},
+    maps::{EVENTS, Recent, SCRATCH, SEEN, WAKE, count, recent_slot},
     may_report, on_ignored_interface, read, rodata,
 };
 
@@ -169,18 +169,26 @@ pub fn report(ct: u64, hook: u8, packet: Packet, reply: bool) -> Result<(), ()> 
         },
     };
 
-    // The entry's dedup record, if it has one (a new entry never has: a record at a
-    // recycled address belongs to an earlier entry and is overwritten below).
-    let record = if confirmed {
-        SEEN.get_ptr_mut(ct)
-    } else {
-        None
+    // The entry's dedup record, if it has one. A new entry has none of its own: a
+    // record at a recycled address belongs to an earlier entry and is overwritten below
+    // (a lookup is cheap; only an insert is not, see the end).
+    let record = SEEN.get_ptr_mut(ct);
+    // A confirmed entry without a record may be at its second packet: its first one
+    // left what it reported in RECENT.
+    let recent = match (record, confirmed) {
+        (None, true) => recent_slot(ct)
+            // SAFETY: a map value pointer; the value is copied out at once.
+            .map(|p| unsafe { core::ptr::read_volatile(p) })
+            .filter(|r| r.ct == ct)
+            .map(|r| r.seen),
+        _ => None,
     };
     let ev_kind = if !confirmed {
         kind::NEW
     } else {
         // SAFETY: a map value pointer; the value is copied out at once.
-        match record.map(|p| unsafe { core::ptr::read_volatile(p) }) {
+        let prev = record.map(|p| unsafe { core::ptr::read_volatile(p) });
+        match prev.or(recent) {
             // A sync filter keeps this entry off the wire: nothing more to look at.
             Some(prev) if prev.status & SEEN_FILTERED != 0 => return Ok(()),
             Some(prev) => {
@@ -194,10 +202,15 @@ pub fn report(ct: u64, hook: u8, packet: Packet, reply: bool) -> Result<(), ()> 
                 } else if deadline.wrapping_sub(prev.deadline) as i32 > prev.half_life as i32 {
                     kind::REFRESH
                 } else {
+                    if record.is_none() {
+                        // Second packet, nothing new: the entry lives on, record it.
+                        let _ = SEEN.insert(ct, prev, 0);
+                    }
                     return Ok(());
                 }
             }
-            // Not known (agent restarted, or evicted): report it; the peer upserts.
+            // Not known (its second packet, the agent restarted, or evicted): report
+            // it; the peer upserts.
             None => kind::UPDATE,
         }
     };
@@ -304,8 +317,17 @@ pub fn report(ct: u64, hook: u8, packet: Packet, reply: bool) -> Result<(), ()> 
         // then differs from every real state, so the worst case is one repeated event.
         // SAFETY: a map value pointer taken above in this run.
         Some(p) => unsafe { core::ptr::write_volatile(p, seen) },
-        None => {
+        None if confirmed => {
             let _ = SEEN.insert(ct, seen, 0);
+        }
+        // A new entry gets its LRU record at its second packet: an insert with its
+        // eviction is the program's most expensive step, and entries that never see a
+        // second packet (scans, floods, one-shot UDP) would push live ones out.
+        None => {
+            if let Some(slot) = recent_slot(ct) {
+                // SAFETY: a map value pointer taken in this run.
+                unsafe { core::ptr::write_volatile(slot, Recent { ct, seen }) };
+            }
         }
     }
     count(match ev_kind {

@@ -21,6 +21,33 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(16 << 20, 0);
 #[map]
 pub static SEEN: LruHashMap<u64, CtSeen> = LruHashMap::with_max_entries(262_144, 0);
 
+/// Slots of [`RECENT`] (a power of two).
+pub const RECENT_SLOTS: u32 = 1 << 16;
+
+/// What a new entry was reported with, until its second packet moves it into [`SEEN`].
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Recent {
+    pub ct: u64,
+    pub seen: CtSeen,
+}
+
+/// New entries' records, direct-mapped by `nf_conn` address: writing a slot costs a
+/// store where an LRU insert costs an allocation, an eviction and two locks, and most
+/// entries a flood or a scan creates never see a second packet. A slot another new
+/// entry took over only costs one repeated (idempotent) event. Shared by the CPUs
+/// like [`SEEN`]: the two directions of a connection run on different CPUs.
+#[map]
+pub static RECENT: Array<Recent> = Array::with_max_entries(RECENT_SLOTS, 0);
+
+/// The [`RECENT`] slot of the entry at `ct` (slab addresses: the low bits carry
+/// little, so a multiplicative hash spreads them).
+#[inline(always)]
+pub fn recent_slot(ct: u64) -> Option<*mut Recent> {
+    let idx = (ct.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 48) as u32 & (RECENT_SLOTS - 1);
+    RECENT.get_ptr_mut(idx)
+}
+
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
 

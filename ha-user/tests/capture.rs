@@ -109,6 +109,65 @@ fn reports_each_new_flow_once_with_the_kernel_tuples() {
     assert_eq!(c.new, total as u64);
 }
 
+/// A new entry is recorded in the program's dedup table (an LRU hash, whose insert is
+/// the program's most expensive step) only at its second packet, so entries that never
+/// see one (a scan, a one-shot UDP flood) cost no insert and take no room; until then a
+/// direct-mapped slot remembers what was reported, so a one-way flow is still reported
+/// once. The live flow keeps its record through the flood and is not reported again.
+#[test]
+fn entries_are_recorded_for_dedup_only_at_their_second_packet() {
+    let (a, _b) = pair();
+    let cfg = CaptureConfig {
+        dedup_table_size: 1024,
+        ..CaptureConfig::default()
+    };
+    let mut cap = a.enter(|| Capture::start(&cfg)).unwrap().unwrap();
+    let live = a
+        .enter(|| UdpSocket::bind("10.81.0.1:41000"))
+        .unwrap()
+        .unwrap();
+    let to_live = ("10.81.0.2", 39_999);
+    // First packet: NEW; second: nothing changed, so no event, and now recorded.
+    live.send_to(b"x", to_live).unwrap();
+    live.send_to(b"x", to_live).unwrap();
+    let got = drain_until(&mut cap, |e| !e.is_empty());
+    std::thread::sleep(Duration::from_millis(100));
+    let mut more = 0;
+    cap.drain(usize::MAX, |_, _| more += 1);
+    assert_eq!(
+        (got.len(), more),
+        (1, 0),
+        "the live flow's two packets: one event"
+    );
+
+    let flood = a
+        .enter(|| UdpSocket::bind("10.81.0.1:41001"))
+        .unwrap()
+        .unwrap();
+    let flows = 19_999u16;
+    for port in 20_000..20_000 + flows {
+        flood.send_to(b"f", ("10.81.0.2", port)).unwrap();
+    }
+    let got = drain_until(&mut cap, |e| e.len() >= flows as usize);
+    assert_eq!(got.len(), flows as usize);
+    assert!(got.iter().all(|(_, new)| *new));
+
+    live.send_to(b"x", to_live).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut again = Vec::new();
+    cap.drain(usize::MAX, |c, _| again.push(c));
+    assert!(
+        again.is_empty(),
+        "the live flow was reported again after the flood: {again:?}"
+    );
+    assert_eq!(cap.dedup_records(), 1, "only the live flow is recorded");
+    let c = cap.counters().unwrap();
+    assert_eq!(c.new, 1 + flows as u64);
+    assert_eq!((c.update, c.refresh, c.ringbuf_full), (0, 0, 0));
+    // The program did see the live flow's third packet.
+    assert!(c.with_ct >= 3 + flows as u64, "{c:?}");
+}
+
 #[test]
 fn follows_tcp_state_changes_and_refreshes() {
     let (a, b) = pair();

@@ -18,9 +18,9 @@ use std::{
 
 use aya::{
     EbpfLoader,
-    maps::{MapData, PerCpuArray, RingBuf},
+    maps::{HashMap, MapData, PerCpuArray, RingBuf},
 };
-use ha_common::{CaptureTuning, FilterRule, MAX_FILTERS, counter, names};
+use ha_common::{CaptureTuning, CtSeen, FilterRule, MAX_FILTERS, counter, names};
 
 use crate::conntrack::Change;
 pub use event::BadEvent;
@@ -117,6 +117,7 @@ pub struct ProgramCounters {
 pub struct Capture {
     ring: RingBuf<MapData>,
     counters: PerCpuArray<MapData, u64>,
+    seen: HashMap<MapData, u64, CtSeen>,
     hz: u32,
     /// Optional kernel fields this kernel lacks (logged at start).
     pub missing_fields: Vec<String>,
@@ -184,9 +185,11 @@ impl Capture {
             .collect::<Result<Vec<_>, _>>()?;
         let ring = take_map(&mut ebpf, names::EVENTS, RingBuf::try_from)?;
         let counters = take_map(&mut ebpf, names::COUNTERS, PerCpuArray::try_from)?;
+        let seen = take_map(&mut ebpf, names::SEEN, HashMap::try_from)?;
         Ok(Capture {
             ring,
             counters,
+            seen,
             hz,
             missing_fields: layout.missing,
             bad_events: 0,
@@ -239,6 +242,14 @@ impl Capture {
             skipped: sum(counter::SKIPPED_UNCONFIRMED)?,
             filtered: sum(counter::FILTERED)?,
         })
+    }
+}
+
+impl Capture {
+    /// Entries the program's dedup table holds. Walks the whole table with one system
+    /// call per entry: for diagnostics and tests, not for a metrics scrape.
+    pub fn dedup_records(&self) -> usize {
+        self.seen.keys().filter(Result::is_ok).count()
     }
 }
 
