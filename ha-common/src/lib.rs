@@ -130,10 +130,10 @@ pub const CT_COPY_MAX: u32 = 512;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CaptureTuning {
-    /// Minimum nanoseconds between two ring-buffer wake-ups forced by the program. Under
-    /// load the agent is awake anyway and drains on its own timer (see the capture
-    /// reader); when idle the first event always wakes it at once.
-    pub wakeup_min_gap_ns: u64,
+    /// How long a record may wait for the reader's own drain timer (nanoseconds): a
+    /// reader that sleeps with its timer due within this is not woken (see
+    /// [`reader`]).
+    pub max_wait_ns: u64,
     /// Bit `n` set: hook number `n` (`NF_INET_*`) may emit unconfirmed (NEW) entries.
     /// FORWARD runs before source NAT, so NEW is only taken where conntrack confirms.
     pub new_hooks: u32,
@@ -145,6 +145,21 @@ pub struct CaptureTuning {
     pub filters: u32,
     /// How many of them are include rules: with any, only matching entries sync.
     pub include_filters: u32,
+}
+
+/// The reader's state word, `READER[0]`: the agent writes it through a shared mapping
+/// (no system call), the program reads it to decide whether a record must wake the
+/// reader. A wake-up costs the packet's CPU an interrupt to itself (in a VM, an exit)
+/// and the reader a context switch; under load the reader's drain timer does the job.
+pub mod reader {
+    /// The reader runs and looks at the ring again before it sleeps: no wake-up.
+    pub const AWAKE: u64 = u64::MAX;
+    /// Written by the program that forced a wake-up, so the records after it do not
+    /// force another one before the reader runs.
+    pub const WAKING: u64 = u64::MAX - 1;
+    /// The reader sleeps without a drain timer: the next record wakes it. Any other
+    /// value is the CLOCK_MONOTONIC deadline (ns) of the timer it sleeps with.
+    pub const IDLE: u64 = 0;
 }
 
 /// Most sync filter rules the program evaluates.
@@ -247,7 +262,7 @@ pub mod names {
     pub const SEEN: &str = "SEEN";
     pub const COUNTERS: &str = "COUNTERS";
     pub const SCRATCH: &str = "SCRATCH";
-    pub const WAKE: &str = "WAKE";
+    pub const READER: &str = "READER";
     pub const LAYOUT: &str = "LAYOUT";
     pub const TUNING: &str = "TUNING";
     pub const FILTERS: &str = "FILTERS";

@@ -1,6 +1,7 @@
 //! Maps and `.rodata` globals shared with the agent (names in `ha_common::names`).
 
 use aya_ebpf::{
+    bindings::BPF_F_MMAPABLE,
     macros::map,
     maps::{Array, LruHashMap, PerCpuArray, RingBuf},
 };
@@ -58,9 +59,10 @@ pub struct Scratch(pub [u8; CT_COPY_MAX as usize]);
 #[map]
 pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
-/// `[0]`: `bpf_ktime_get_ns()` of the last wake-up the program forced.
+/// `[0]`: the reader's state word (`ha_common::reader`). Mappable, so the agent
+/// writes it without a system call.
 #[map]
-pub static WAKE: Array<u64> = Array::with_max_entries(1, 0);
+pub static READER: Array<u64> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 
 /// Filled by the agent from BTF (`EbpfLoader::override_global`); frozen read-only, so
 /// the verifier sees every offset as a constant and can bound the reads.
@@ -94,7 +96,7 @@ pub static LAYOUT: KernelLayout = KernelLayout {
 
 #[unsafe(no_mangle)]
 pub static TUNING: CaptureTuning = CaptureTuning {
-    wakeup_min_gap_ns: 0,
+    max_wait_ns: 0,
     new_hooks: 0,
     ignore_ifindex: [0; 3],
     filters: 0,

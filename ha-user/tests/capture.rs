@@ -388,6 +388,77 @@ fn pin_to_cpu(cpu: usize) {
     }
 }
 
+/// The program wakes the reader only when a record would otherwise wait too long: not
+/// while the reader runs, not while its drain timer is due within `max_wait`; an idle
+/// reader (no timer) at once. Each wait below either ends by a wake-up well before its
+/// timeout or lasts the whole timeout.
+#[test]
+fn the_program_wakes_only_a_reader_that_would_leave_records_waiting() {
+    let (a, _b) = pair();
+    let cfg = CaptureConfig {
+        max_wait: Duration::from_millis(500),
+        ..CaptureConfig::default()
+    };
+    let mut cap = a.enter(|| Capture::start(&cfg)).unwrap().unwrap();
+    let sock = a.enter(|| UdpSocket::bind("10.81.0.1:0")).unwrap().unwrap();
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&cap);
+    let mut port = 30_000u16;
+    // Sends one new flow from another thread once the reader waits, and reports
+    // whether the wait ended before `timeout`; the event is read either way.
+    let mut one_flow = |cap: &mut Capture, timeout: Duration| -> bool {
+        port += 1;
+        let s = sock.try_clone().unwrap();
+        let p = port;
+        let sender = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            s.send_to(b"x", ("10.81.0.2", p)).unwrap();
+        });
+        let mut ev = libc::epoll_event { events: 0, u64: 0 };
+        // SAFETY: plain epoll calls on fds owned here; the epoll fd is closed below.
+        let woken = unsafe {
+            let ep = libc::epoll_create1(0);
+            let mut reg = libc::epoll_event {
+                events: (libc::EPOLLIN | libc::EPOLLET) as u32,
+                u64: 0,
+            };
+            libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, fd, &mut reg);
+            let started = std::time::Instant::now();
+            libc::epoll_wait(ep, &mut ev, 1, timeout.as_millis() as i32);
+            libc::close(ep);
+            started.elapsed() < timeout
+        };
+        sender.join().unwrap();
+        let mut n = 0;
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while n == 0 && std::time::Instant::now() < deadline {
+            n = cap.drain(usize::MAX, |_, _| {});
+        }
+        assert_eq!(n, 1, "the flow's event");
+        woken
+    };
+    let wait = Duration::from_millis(300);
+
+    cap.reader_sleeps(None);
+    assert!(one_flow(&mut cap, wait), "an idle reader is woken");
+
+    cap.reader_awake();
+    assert!(!one_flow(&mut cap, wait), "a running reader is not woken");
+
+    cap.reader_sleeps(Some(std::time::Instant::now() + Duration::from_millis(400)));
+    assert!(
+        !one_flow(&mut cap, wait),
+        "a reader whose timer is due within max_wait is not woken"
+    );
+
+    cap.reader_sleeps(Some(std::time::Instant::now() + Duration::from_secs(5)));
+    assert!(
+        one_flow(&mut cap, wait),
+        "a reader whose timer is further off than max_wait is woken"
+    );
+    let c = cap.counters().unwrap();
+    assert_eq!(c.wakeups, 2, "{c:?}");
+}
+
 /// The program wakes the reader only when it must (adaptive wake-up), so the reader
 /// sleeps without a timer once a round reads nothing. Two CPUs creating entries at the
 /// same moment on that idle ring each see the other's record unread; if both then
@@ -457,10 +528,12 @@ fn an_idle_reader_is_woken_when_two_cpus_create_entries_at_once() {
             // The agent's drain timer after a round that read something; else only a
             // wake-up from the program ends the wait (poll looks at the ring once more
             // when its time is up, so a wait that lasted the whole time was not ended
-            // by a wake-up).
+            // by a wake-up). The reader tells the program so, as the agent does.
             let wait = Duration::from_millis(if read_last_round { 1 } else { 2000 });
             let started = std::time::Instant::now();
+            cap.reader_sleeps(read_last_round.then(|| started + wait));
             poll(fd, wait.as_millis() as i32);
+            cap.reader_awake();
             let woken = started.elapsed() < wait;
             let n = cap.drain(usize::MAX, |_, _| {});
             got += n;

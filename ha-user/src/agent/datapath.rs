@@ -166,7 +166,7 @@ impl DataPath {
             replica: replica.clone(),
             board: board.clone(),
             stop: stop.clone(),
-            drain_interval: (sync_cfg.wakeup_min_gap * 2).max(Duration::from_micros(100)),
+            drain_interval: settings::drain_interval(sync_cfg),
             cmds: egress_rx,
             cmd_tx: egress_tx.clone(),
             waker: egress_waker.clone(),

@@ -7,9 +7,10 @@
 //! a record encode, and its share of one HMAC and one `sendto`.
 //!
 //! Batching adapts to load: after a drain that found events, the drain timer is armed
-//! for twice the program's minimum wake-up gap, so under load every datagram is full;
-//! a drain that finds nothing lets the loop sleep until the program wakes it, so an
-//! idle node sends the first event of a burst at once.
+//! for the drain interval (`wakeup_min_gap_us`), and the capture program, told so
+//! through a shared word, lets records wait for it instead of waking the thread; a
+//! drain that finds nothing lets the loop sleep until the program wakes it, so an idle
+//! node sends the first event of a burst at once.
 
 use std::{
     io,
@@ -103,7 +104,7 @@ pub struct Egress {
     pub replica: Arc<ReplicaSet>,
     pub board: Board,
     pub stop: Arc<AtomicBool>,
-    /// How long to wait for more events after a busy drain (2x the program's gap).
+    /// How long to wait for more events after a busy drain (`wakeup_min_gap_us`).
     pub drain_interval: Duration,
     /// Commands from the rest of the agent (resync); arrive with a wake-up.
     pub cmds: std::sync::mpsc::Receiver<EgressCmd>,
@@ -209,10 +210,13 @@ impl Egress {
         }
         l.tick_timer.arm(TICK_EVERY)?;
         // Entries queued before we started listening.
-        l.drain_capture();
+        let _ = l.drain_capture();
         let mut events = Events::with_capacity(16);
         while !l.e.stop.load(Ordering::Relaxed) {
-            if let Err(e) = poll.poll(&mut events, None) {
+            l.before_sleep();
+            let waited = poll.poll(&mut events, None);
+            l.e.capture.reader_awake();
+            if let Err(e) = waited {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
@@ -220,10 +224,12 @@ impl Egress {
             }
             for ev in events.iter() {
                 match ev.token() {
-                    RING => l.drain_capture(),
+                    RING => {
+                        let _ = l.drain_capture();
+                    }
                     DRAIN => {
                         l.drain_timer.ack();
-                        l.drain_capture();
+                        let _ = l.drain_capture();
                     }
                     DESTROY => l.on_destroy(),
                     EXPECT => l.on_expect(),
@@ -251,8 +257,21 @@ impl Egress {
 }
 
 impl Loop {
-    /// Reads the ring buffer dry (bounded per round), encodes, sends.
-    fn drain_capture(&mut self) {
+    /// Tells the capture program how this thread sleeps (until its drain timer, or
+    /// until woken), then reads what came in before the program could see that: such
+    /// a record did not wake us. Sleeps only once a look finds nothing.
+    fn before_sleep(&mut self) {
+        loop {
+            self.e.capture.reader_sleeps(self.drain_timer.deadline());
+            if self.drain_capture() == 0 {
+                return;
+            }
+        }
+    }
+
+    /// Reads the ring buffer dry (bounded per round), encodes, sends; returns how many
+    /// events it read.
+    fn drain_capture(&mut self) -> usize {
         self.stats.drain_rounds += 1;
         let mut total = 0;
         loop {
@@ -293,12 +312,14 @@ impl Loop {
         self.e.sender.flush();
         self.send_ready();
         if total > 0 {
-            // Busy: look again shortly instead of waiting for the program's wake-up
-            // (a deadline already within the last half of that interval is kept).
+            // Busy: look again shortly; until then the program lets records wait
+            // instead of waking us (a deadline already within the last half of that
+            // interval is kept).
             let _ = self
                 .drain_timer
                 .arm_about(self.e.drain_interval, self.e.drain_interval / 2);
         }
+        total
     }
 
     fn on_commands(&mut self) {
@@ -651,7 +672,7 @@ impl Loop {
 
     fn on_destroy(&mut self) {
         // The entry's creation may still sit in the ring buffer: send it first.
-        self.drain_capture();
+        let _ = self.drain_capture();
         loop {
             match self.e.destroy.recv() {
                 Ok(Recv::Destroyed(d)) => {
@@ -738,7 +759,7 @@ impl Loop {
     /// Expectation events: the helper's new expectations and their ends go to the peer.
     fn on_expect(&mut self) {
         // The master's creation may still sit in the ring buffer: it goes first.
-        self.drain_capture();
+        let _ = self.drain_capture();
         let Some(listener) = self.e.expect.as_mut() else {
             return;
         };
@@ -783,7 +804,7 @@ impl Loop {
     fn on_tick(&mut self) {
         // Defence in depth: should a wake-up ever be missed (the program wakes the
         // reader sparingly, see ha-ebpf's `wake_flags`), events wait at most one tick.
-        self.drain_capture();
+        let _ = self.drain_capture();
         let now = Instant::now();
         self.settle(now);
         self.expects.prune(now);

@@ -6,6 +6,7 @@ use std::{
     hash::{Hash, Hasher},
     net::{IpAddr, Ipv4Addr},
     num::NonZeroU32,
+    time::Duration,
 };
 
 use crate::{
@@ -65,7 +66,7 @@ pub fn capture(sync: &ConntrackSync) -> Result<CaptureConfig, TransportError> {
     Ok(CaptureConfig {
         ring_buffer_size: sync.ring_buffer_size,
         dedup_table_size: sync.dedup_table_size,
-        wakeup_min_gap: sync.wakeup_min_gap,
+        max_wait: drain_interval(sync),
         ignore_ifindex,
         filters,
         ..CaptureConfig::default()
@@ -240,6 +241,12 @@ fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .unwrap_or_default()
+}
+
+/// How often the capture reader drains under load (`wakeup_min_gap_us`), and so how
+/// long the program lets a record wait for that drain instead of waking the reader.
+pub fn drain_interval(sync: &ConntrackSync) -> Duration {
+    sync.wakeup_min_gap.max(Duration::from_micros(10))
 }
 
 #[cfg(test)]

@@ -94,6 +94,11 @@ impl Timer {
     }
 
     /// Consumes the expiration after the fd became readable.
+    /// When it fires, if armed (a deadline that has passed: it fired, not yet acked).
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
     pub fn ack(&mut self) {
         let mut buf = [0u8; 8];
         // SAFETY: reading 8 bytes into a local buffer; EAGAIN just means not expired.

@@ -12,15 +12,17 @@ pub mod hz;
 pub mod loader;
 
 use std::{
-    os::fd::{AsRawFd, OwnedFd, RawFd},
-    time::Duration,
+    os::fd::{AsFd as _, AsRawFd, OwnedFd, RawFd},
+    ptr::NonNull,
+    sync::atomic::{AtomicU64, Ordering, fence},
+    time::{Duration, Instant},
 };
 
 use aya::{
     EbpfLoader,
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
 };
-use ha_common::{CaptureTuning, CtSeen, FilterRule, MAX_FILTERS, counter, names};
+use ha_common::{CaptureTuning, CtSeen, FilterRule, MAX_FILTERS, counter, names, reader};
 
 use crate::conntrack::Change;
 pub use event::BadEvent;
@@ -38,9 +40,10 @@ pub struct CaptureConfig {
     pub ring_buffer_size: u32,
     /// Entries of the in-kernel dedup table.
     pub dedup_table_size: u32,
-    /// Minimum gap between two wake-ups the program forces (see the program's
-    /// `wake_flags`); the reader's drain timer must be longer.
-    pub wakeup_min_gap: Duration,
+    /// How long a record may wait for the reader's drain timer: a reader that sleeps
+    /// with its timer due within this is not woken by the program (see
+    /// [`Capture::reader_sleeps`]).
+    pub max_wait: Duration,
     /// Netfilter hook priority.
     pub priority: i32,
     /// `(family, hook)` pairs to attach to.
@@ -66,7 +69,7 @@ impl Default for CaptureConfig {
         CaptureConfig {
             ring_buffer_size: 16 << 20,
             dedup_table_size: 262_144,
-            wakeup_min_gap: Duration::from_micros(50),
+            max_wait: Duration::from_micros(100),
             priority: loader::DEFAULT_PRIORITY,
             hooks,
             // Loopback is always ifindex 1 in every namespace.
@@ -118,6 +121,7 @@ pub struct Capture {
     ring: RingBuf<MapData>,
     counters: PerCpuArray<MapData, u64>,
     seen: HashMap<MapData, u64, CtSeen>,
+    reader: ReaderWord,
     hz: u32,
     /// Optional kernel fields this kernel lacks (logged at start).
     pub missing_fields: Vec<String>,
@@ -150,7 +154,7 @@ impl Capture {
         let layout = btf::kernel_layout()?;
         let hz = hz::kernel_hz()?;
         let tuning = CaptureTuning {
-            wakeup_min_gap_ns: cfg.wakeup_min_gap.as_nanos() as u64,
+            max_wait_ns: cfg.max_wait.as_nanos() as u64,
             new_hooks: (1 << loader::NF_INET_LOCAL_IN) | (1 << loader::NF_INET_POST_ROUTING),
             ignore_ifindex: cfg.ignore_ifindex,
             filters: cfg.filters.len() as u32,
@@ -186,10 +190,15 @@ impl Capture {
         let ring = take_map(&mut ebpf, names::EVENTS, RingBuf::try_from)?;
         let counters = take_map(&mut ebpf, names::COUNTERS, PerCpuArray::try_from)?;
         let seen = take_map(&mut ebpf, names::SEEN, HashMap::try_from)?;
+        let reader = ReaderWord::map(take_map(&mut ebpf, names::READER, |m| match m {
+            aya::maps::Map::Array(data) => Ok(data),
+            _ => Err("not an array"),
+        })?)?;
         Ok(Capture {
             ring,
             counters,
             seen,
+            reader,
             hz,
             missing_fields: layout.missing,
             bad_events: 0,
@@ -246,6 +255,28 @@ impl Capture {
 }
 
 impl Capture {
+    /// Tells the program the reader runs: it looks at the ring again before it sleeps,
+    /// so records need not wake it. Call on every return from the wait.
+    pub fn reader_awake(&self) {
+        self.reader.publish(reader::AWAKE);
+    }
+
+    /// Tells the program the reader is about to sleep, to be woken by its own drain
+    /// timer at `timer` or, without one, only by the program. A record that went in
+    /// before this call may not have woken it: drain once more after it and sleep only
+    /// if that finds nothing.
+    pub fn reader_sleeps(&self, timer: Option<Instant>) {
+        let state = match timer {
+            None => reader::IDLE,
+            Some(at) => {
+                let left = at.saturating_duration_since(Instant::now());
+                // Never one of the special values (IDLE = 0, AWAKE, WAKING).
+                (monotonic_ns() + left.as_nanos() as u64).clamp(1, reader::WAKING - 1)
+            }
+        };
+        self.reader.publish(state);
+    }
+
     /// Entries the program's dedup table holds. Walks the whole table with one system
     /// call per entry: for diagnostics and tests, not for a metrics scrape.
     pub fn dedup_records(&self) -> usize {
@@ -269,4 +300,75 @@ fn take_map<T, E: std::fmt::Display>(
         .take_map(name)
         .ok_or_else(|| CaptureError::Map(name, "not in the object".into()))?;
     convert(map).map_err(|e| CaptureError::Map(name, e.to_string()))
+}
+
+/// The program's `READER` word, mapped into this process: published with a store, not
+/// a system call, because the reader does it around every sleep.
+struct ReaderWord {
+    word: NonNull<AtomicU64>,
+    len: usize,
+    // Keeps the map alive as long as the mapping.
+    _map: MapData,
+}
+
+// SAFETY: the mapping is shared memory accessed only through the atomic.
+unsafe impl Send for ReaderWord {}
+
+impl ReaderWord {
+    fn map(map: MapData) -> Result<ReaderWord, CaptureError> {
+        // SAFETY: plain sysconf.
+        let len = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
+        let fd = map.fd().as_fd().as_raw_fd();
+        // SAFETY: maps the (mmapable) array's value page; checked below, unmapped on drop.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(CaptureError::Map(
+                names::READER,
+                format!("mmap: {}", std::io::Error::last_os_error()),
+            ));
+        }
+        let word = NonNull::new(ptr.cast::<AtomicU64>()).ok_or_else(|| {
+            CaptureError::Map(names::READER, "mmap returned a null mapping".into())
+        })?;
+        Ok(ReaderWord {
+            word,
+            len,
+            _map: map,
+        })
+    }
+
+    /// Stores `state`, then a full fence: the caller's next look at the ring must not
+    /// be ordered before the store (the program looks at the word after its commit).
+    fn publish(&self, state: u64) {
+        // SAFETY: the mapping is live and 8-aligned (a page) for as long as `self`.
+        unsafe { self.word.as_ref() }.store(state, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+    }
+}
+
+impl Drop for ReaderWord {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping made in `map`.
+        unsafe { libc::munmap(self.word.as_ptr().cast(), self.len) };
+    }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds, the program's `bpf_ktime_get_ns` clock.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: writes one timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }

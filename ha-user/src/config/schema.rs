@@ -234,7 +234,7 @@ impl Default for ConntrackSync {
             dedup_table_size: 262_144,
             // Waking the reader per event costs more than the event; 50 us batches
             // ~10 events at 200k/s while adding latency far below one heartbeat.
-            wakeup_min_gap: Duration::from_micros(50),
+            wakeup_min_gap: Duration::from_micros(100),
             sync_delay: Duration::ZERO,
             // conntrackd's periodic resync is off by default; a digest of 256 hashes
             // every minute costs ~2 KB and bounds how long a lost deletion survives.
@@ -507,8 +507,8 @@ pub static REFERENCE: &[AttrDoc] = &[
         "eBPF ring buffer size: a power of two, 4096..1073741824."),
     attr!(CS, "dedup_table_size", "number", Some("262144"), false, "524288",
         "Entries of the eBPF de-duplication LRU table (1024..16777216)."),
-    attr!(CS, "wakeup_min_gap_us", "number (microseconds)", Some("50"), false, "100",
-        "Minimum gap between reader wake-ups (0..1000000)."),
+    attr!(CS, "wakeup_min_gap_us", "number (microseconds)", Some("100"), false, "200",
+        "Minimum gap between reader wake-ups: under load the agent reads captured changes this often, an idle agent at once (0..1000000; below 10 counts as 10)."),
     attr!(CS, "sync_delay_ms", "number (milliseconds)", Some("0"), false, "5000",
         "Only sync connections older than this (FortiGate session-pickup-delay); 0 = off, max 3600000."),
     attr!(CS, "consistency_check_s", "number (seconds)", Some("60"), false, "30",

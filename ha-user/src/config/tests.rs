@@ -619,7 +619,7 @@ fn every_documented_attribute_is_implemented() {
     assert_ne!(c.agent, d.agent);
     let s = &r.ha.conntrack_sync;
     assert_eq!(s.ring_buffer_size, 32 << 20);
-    assert_eq!(s.wakeup_min_gap, Duration::from_micros(100));
+    assert_eq!(s.wakeup_min_gap, Duration::from_micros(200));
     assert_eq!(s.sync_delay, Duration::from_secs(5));
     assert_eq!(s.consistency_check, Duration::from_secs(30));
 }
