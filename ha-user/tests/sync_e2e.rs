@@ -791,3 +791,83 @@ fn encrypted_sync_converges_and_hides_the_table_on_the_link() {
         "no captured datagram carried the replicated flows"
     );
 }
+
+/// `(thread name, scheduling policy, realtime priority)` of every thread of `pid`.
+fn thread_scheduling(pid: u32) -> Vec<(String, u32, u32)> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let dir = task.unwrap().path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap();
+        let stat = std::fs::read_to_string(dir.join("stat")).unwrap();
+        // Fields after the parenthesised name start with field 3 (state); field 40 is
+        // rt_priority, field 41 the policy.
+        let rest: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+        out.push((
+            comm.trim().to_string(),
+            rest[41 - 3].parse().unwrap(),
+            rest[40 - 3].parse().unwrap(),
+        ));
+    }
+    out
+}
+
+/// `realtime_priority` puts the two data-path threads, and only them, on SCHED_FIFO;
+/// without it every thread keeps normal scheduling.
+#[test]
+fn realtime_priority_applies_to_the_data_path_threads() {
+    let lab = lab("rtp");
+    let a = Agent::start(
+        &lab.fw_a.ns,
+        "fw-a",
+        &node_config("primary", SYNC_B, SECRET, "realtime_priority = 7"),
+    );
+    let b = Agent::start(
+        &lab.fw_b.ns,
+        "fw-b",
+        &node_config("replica", SYNC_A, SECRET, ""),
+    );
+    const SCHED_FIFO: u32 = 1;
+    let fifo_names = |threads: &[(String, u32, u32)]| {
+        let mut names: Vec<String> = threads
+            .iter()
+            .filter(|t| t.1 == SCHED_FIFO)
+            .map(|t| t.0.clone())
+            .collect();
+        names.sort();
+        names
+    };
+    // Helper threads they start (the start-up table dump) switch back to normal
+    // scheduling as their first step: allow for that moment.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut threads = thread_scheduling(a.pid());
+    while fifo_names(&threads) != ["hasync-egress", "hasync-ingress"]
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(20));
+        threads = thread_scheduling(a.pid());
+    }
+    assert_eq!(
+        fifo_names(&threads),
+        ["hasync-egress", "hasync-ingress"],
+        "{threads:?}"
+    );
+    assert!(
+        threads
+            .iter()
+            .filter(|t| t.1 == SCHED_FIFO)
+            .all(|t| t.2 == 7),
+        "{threads:?}"
+    );
+    assert!(
+        a.log_text().contains("data-path thread runs SCHED_FIFO"),
+        "{}",
+        a.log_text()
+    );
+    let threads = thread_scheduling(b.pid());
+    assert!(threads.iter().all(|t| t.1 == 0), "{threads:?}");
+    assert!(
+        threads.iter().any(|t| t.0 == "hasync-egress"),
+        "{threads:?}"
+    );
+    drop((a, b));
+}

@@ -195,11 +195,16 @@ impl DataPath {
             waker: ingress_waker.clone(),
             digest_key: DigestKey::derive(secret)?,
         };
+        let rt = sync_cfg.realtime_priority;
         let workers = vec![
-            spawn("egress", egress_waker.clone(), done_tx.clone(), move || {
-                egress.run(egress_poll)
-            })?,
-            spawn("ingress", ingress_waker, done_tx, move || {
+            spawn(
+                "egress",
+                rt,
+                egress_waker.clone(),
+                done_tx.clone(),
+                move || egress.run(egress_poll),
+            )?,
+            spawn("ingress", rt, ingress_waker, done_tx, move || {
                 ingress.run(ingress_poll)
             })?,
         ];
@@ -250,6 +255,7 @@ impl DataPath {
 
 fn spawn(
     name: &'static str,
+    realtime_priority: u8,
     waker: Arc<Waker>,
     done: mpsc::UnboundedSender<(&'static str, Result<(), String>)>,
     body: impl FnOnce() -> std::io::Result<()> + Send + 'static,
@@ -257,6 +263,9 @@ fn spawn(
     let handle = std::thread::Builder::new()
         .name(format!("hasync-{name}"))
         .spawn(move || {
+            if realtime_priority > 0 {
+                set_realtime(name, realtime_priority);
+            }
             let result = body().map_err(|e| e.to_string());
             if let Err(e) = &result {
                 tracing::error!(thread = name, error = %e, "data-path thread failed");
@@ -269,6 +278,32 @@ fn spawn(
         waker,
         handle,
     })
+}
+
+/// Puts the calling thread on SCHED_FIFO at `priority` (`realtime_priority`). A
+/// refusal (no CAP_SYS_NICE, an RT budget of zero in a cgroup) is logged and the thread
+/// runs with normal scheduling: slower under load, but it runs.
+fn set_realtime(thread: &'static str, priority: u8) {
+    let param = libc::sched_param {
+        sched_priority: i32::from(priority),
+    };
+    // SAFETY: plain syscall on the calling thread (pid 0) with a valid parameter.
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) } != 0 {
+        let e = std::io::Error::last_os_error();
+        tracing::warn!(thread, priority, error = %e, "realtime_priority: could not switch to SCHED_FIFO; running with normal scheduling");
+    } else {
+        tracing::info!(thread, priority, "data-path thread runs SCHED_FIFO");
+    }
+}
+
+/// Back to normal scheduling for a helper thread a data-path thread starts (a table
+/// dump, a digest comparison): threads inherit SCHED_FIFO, and bulk work at realtime
+/// priority would starve the traffic `realtime_priority` only meant to cut in line.
+pub(super) fn normal_scheduling() {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: plain syscall on the calling thread with a valid parameter; a failure
+    // leaves the inherited policy, which only matters with `realtime_priority`.
+    unsafe { libc::sched_setscheduler(0, libc::SCHED_OTHER, &param) };
 }
 
 /// Asks the peer for its full table until one arrives intact (a node that starts or

@@ -498,6 +498,7 @@ impl Loop {
         std::thread::Builder::new()
             .name("hasync-dump".into())
             .spawn(move || {
+                super::datapath::normal_scheduling();
                 // Only what this node owns: the peer's own entries are not sent back.
                 let entries = ctnetlink::dump(None)
                     .map(|all| resync::owned(all, &peers, &replica, &filters))

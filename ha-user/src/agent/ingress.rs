@@ -292,6 +292,7 @@ impl Loop {
                                 let spawned = std::thread::Builder::new()
                                     .name("hasync-compare".into())
                                     .spawn(move || {
+                                        super::datapath::normal_scheduling();
                                         consistency::compare(node, theirs, key, replica, tx, waker)
                                     });
                                 if let Err(e) = spawned {

@@ -567,6 +567,11 @@ fn conntrack_sync(cx: &mut Cx, b: &Block) -> ConntrackSync {
         .map(std::time::Duration::from_micros),
     );
     set(
+        &mut s.realtime_priority,
+        f.get(cx, "realtime_priority", |n, e| conv::uint(n, e, 0, 99))
+            .and_then(|v| u8::try_from(v).ok()),
+    );
+    set(
         &mut s.sync_delay,
         f.get(cx, "sync_delay_ms", |n, e| conv::uint(n, e, 0, 3_600_000))
             .map(std::time::Duration::from_millis),

@@ -203,6 +203,8 @@ pub struct ConntrackSync {
     pub dedup_table_size: u32,
     /// From `wakeup_min_gap_us`.
     pub wakeup_min_gap: Duration,
+    /// SCHED_FIFO priority of the data-path threads; 0 = normal scheduling.
+    pub realtime_priority: u8,
     /// From `sync_delay_ms`; zero = sync at once.
     pub sync_delay: Duration,
     /// From `consistency_check_s`: how often each node sends the digest of the entries
@@ -235,6 +237,7 @@ impl Default for ConntrackSync {
             // Waking the reader per event costs more than the event; 50 us batches
             // ~10 events at 200k/s while adding latency far below one heartbeat.
             wakeup_min_gap: Duration::from_micros(100),
+            realtime_priority: 0,
             sync_delay: Duration::ZERO,
             // conntrackd's periodic resync is off by default; a digest of 256 hashes
             // every minute costs ~2 KB and bounds how long a lost deletion survives.
@@ -509,6 +512,8 @@ pub static REFERENCE: &[AttrDoc] = &[
         "Entries of the eBPF de-duplication LRU table (1024..16777216)."),
     attr!(CS, "wakeup_min_gap_us", "number (microseconds)", Some("100"), false, "200",
         "Minimum gap between reader wake-ups: under load the agent reads captured changes this often, an idle agent at once (0..1000000; below 10 counts as 10)."),
+    attr!(CS, "realtime_priority", "number", Some("0"), false, "10",
+        "SCHED_FIFO priority (1..99) of the two data-path threads (capture and send, receive and install); 0 = normal scheduling. Cuts latency tails when the CPUs are busy, at the expense of the traffic those CPUs carry (conntrackd's `Scheduler`)."),
     attr!(CS, "sync_delay_ms", "number (milliseconds)", Some("0"), false, "5000",
         "Only sync connections older than this (FortiGate session-pickup-delay); 0 = off, max 3600000."),
     attr!(CS, "consistency_check_s", "number (seconds)", Some("60"), false, "30",

@@ -620,6 +620,7 @@ fn every_documented_attribute_is_implemented() {
     let s = &r.ha.conntrack_sync;
     assert_eq!(s.ring_buffer_size, 32 << 20);
     assert_eq!(s.wakeup_min_gap, Duration::from_micros(200));
+    assert_eq!(s.realtime_priority, 10);
     assert_eq!(s.sync_delay, Duration::from_secs(5));
     assert_eq!(s.consistency_check, Duration::from_secs(30));
 }
