@@ -34,6 +34,7 @@ extern "C" fn on_signal(_: libc::c_int) {
     STOP.store(true, Ordering::Relaxed);
 }
 
+#[derive(Clone)]
 pub struct LabArgs {
     /// Seconds to run; 0 = until Ctrl-C.
     pub duration: u64,

@@ -47,7 +47,7 @@ pub fn run(ctx: &mut Ctx) -> Result<FailoverResult> {
             };
             ctx.step(format!("failover {name} rep {}", rep + 1));
             super::wait_quiet(ctx.quiet_wait)?;
-            let out = xtask::lab::run_failover(xtask::lab::LabArgs {
+            let args = xtask::lab::LabArgs {
                 duration: 8,
                 rate: 2000,
                 binary: ctx.opts.hasync_bin.clone(),
@@ -55,7 +55,22 @@ pub fn run(ctx: &mut Ctx) -> Result<FailoverResult> {
                 prefix: "bfo".into(),
                 quiet: true,
                 incumbent,
-            })?;
+            };
+            // An error means the trial never got to the failover (a lab or a daemon
+            // that did not come up; outcomes are in `out`): one more try in a fresh
+            // lab, said in the run log, before the measurement counts as failed.
+            let out = match xtask::lab::run_failover(args.clone()) {
+                Ok(out) => out,
+                Err(e) => {
+                    ctx.say(format!(
+                        "failover      {name:<22} rep {}: set-up failed, trying once more in a fresh lab: {}",
+                        rep + 1,
+                        format!("{e:#}").lines().next().unwrap_or_default()
+                    ));
+                    super::wait_quiet(ctx.quiet_wait)?;
+                    xtask::lab::run_failover(args)?
+                }
+            };
             let s = if incumbent {
                 &mut r.incumbent
             } else {

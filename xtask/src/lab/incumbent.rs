@@ -213,7 +213,10 @@ pub fn failover(args: &LabArgs) -> Result<FailoverOutcome> {
     testkit::wait_for(Duration::from_secs(10), "fw-a VRRP master", || {
         holds_vip(&lab.fw_a).then_some(())
     })
-    .map_err(anyhow::Error::msg)?;
+    .map_err(|e| {
+        let log = fs::read_to_string(dir.join("keepalived-a.log")).unwrap_or_default();
+        anyhow::anyhow!("{e}; fw-a's keepalived log:\n{log}")
+    })?;
     // Let fw-a's notify script (commit, flush, resync, bulk) finish first.
     thread::sleep(Duration::from_millis(500));
     if holds_vip(&lab.fw_b) {
