@@ -259,13 +259,15 @@ impl Egress {
 impl Loop {
     /// Tells the capture program how this thread sleeps (until its drain timer, or
     /// until woken), then reads what came in before the program could see that: such
-    /// a record did not wake us. Sleeps only once a look finds nothing.
+    /// a record did not wake us. Records committed after the first publish are covered
+    /// by it (they woke us, or wait for that timer); if the read re-armed the timer,
+    /// that is published too. Not a loop: under a steady stream every look finds
+    /// something, and the loop's other sources (deletions, ticks, commands) would
+    /// starve.
     fn before_sleep(&mut self) {
-        loop {
+        self.e.capture.reader_sleeps(self.drain_timer.deadline());
+        if self.drain_capture() > 0 {
             self.e.capture.reader_sleeps(self.drain_timer.deadline());
-            if self.drain_capture() == 0 {
-                return;
-            }
         }
     }
 
