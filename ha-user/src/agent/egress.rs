@@ -53,6 +53,9 @@ const RESYNC: Token = Token(5);
 const DELAY: Token = Token(6);
 const EXPECT: Token = Token(7);
 
+/// How long a served table's expectations wait for the requester's HELLO (its
+/// features) before they are dropped as not decodable.
+const HELLO_WAIT: Duration = Duration::from_secs(1);
 /// Events read per drain round before the loop looks at its other sources.
 const DRAIN_BATCH: usize = 8192;
 const TICK_EVERY: Duration = Duration::from_millis(100);
@@ -457,9 +460,11 @@ impl Loop {
         self.serving = None;
         self.dumping = true;
         self.live_since_dump.open();
-        // Expectations go along only if the peer decodes them (checked again when
-        // they are sent).
-        let with_expects = self.e.expect.is_some() && self.peers_decode_expect();
+        // Expectations are dumped whenever expectation sync is on; whether the peer
+        // decodes them is decided when they are sent. Deciding it here lost them: a
+        // late joiner's request can reach this thread before the ingress thread has
+        // published the features of its first datagram (seen in CI).
+        let with_expects = self.e.expect.is_some();
         let spawned = self.dump_in_background(move |entries| {
             let expects = match (&entries, with_expects) {
                 (Ok(owned), true) => match ctnetlink::dump_expectations(None) {
@@ -513,6 +518,7 @@ impl Loop {
 
     /// Sends one paced chunk of the table being served, then RESYNC_DONE at the end.
     fn serve_chunk(&mut self) {
+        let peers_decode_expect = self.peers_decode_expect();
         let Some(serving) = self.serving.as_mut() else {
             return;
         };
@@ -522,6 +528,18 @@ impl Loop {
             }
             let _ = self.e.sender.push(&change);
             self.stats.resync_records += 1;
+        }
+        if serving.done() && !serving.expects.is_empty() && !peers_decode_expect {
+            if serving.started.elapsed() < HELLO_WAIT {
+                // The requester's HELLO, which says whether it decodes expectations,
+                // can arrive after its request: wait for it a little.
+                self.e.sender.flush();
+                let _ = self.resync_timer.arm(resync::PACE);
+                self.send_ready();
+                return;
+            }
+            let dropped = std::mem::take(&mut serving.expects).len();
+            self.expects.stats.peer_unsupported += dropped as u64;
         }
         if serving.done() && !serving.expects.is_empty() {
             // After every master; a handful per table, so all at once.
