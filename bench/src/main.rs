@@ -281,6 +281,16 @@ fn dev_run(name: &str, rate: f64, secs: f64, hasync_bin: PathBuf) -> Result<()> 
             c1.0.ms_since(&c0.0),
             c1.1.ms_since(&c0.1)
         );
+        if system == agents::System::Hasync {
+            let m = agents::metrics(t.lab.a());
+            let get = |k: &str| m.iter().find(|(n, _)| n == k).map_or(0.0, |(_, v)| *v);
+            let dgrams = get("sync_sent_datagrams_total");
+            println!(
+                "A sent {dgrams} datagrams ({:.1} flows each), {} drain rounds",
+                a as f64 / dgrams.max(1.0),
+                get("capture_drain_rounds_total")
+            );
+        }
         for (node, n) in [("A", &p.a), ("B", &p.b)] {
             let log = std::fs::read_to_string(&n.log).unwrap_or_default();
             for l in log
