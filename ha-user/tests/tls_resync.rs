@@ -182,12 +182,24 @@ fn replica_takes_the_table_over_tls() {
         0.0,
         "{mb}"
     );
-    let ma = metrics(&lab.fw_a.ns);
-    assert!(
-        metric(&ma, "channel_resyncs_served_total", "") >= 1.0,
-        "{ma}"
+    // A counts the resync once its RESYNC_DONE is written, which can be after B
+    // has installed the table: wait for it rather than read it once.
+    wait_metric(
+        &lab.fw_a.ns,
+        "channel_resyncs_served_total",
+        "",
+        1.0,
+        Duration::from_secs(10),
     );
+    let ma = metrics(&lab.fw_a.ns);
     assert!(metric(&ma, "channel_handshakes_total", "") >= 1.0, "{ma}");
+    // A asked for B's table at its own start (it could have been a restart): B owns
+    // nothing, and must not serve the entries it is installing from A as its own.
+    assert_eq!(
+        metric(&ma, "consistency_stale_deleted_total", ""),
+        0.0,
+        "the primary deleted its own entries as stale:\n{ma}"
+    );
 
     // Not over UDP: B never asked, A never streamed its table on the sync link.
     let (log_a, log_b) = (a.log_text(), b.log_text());
