@@ -417,6 +417,10 @@ impl Loop {
                 EgressCmd::Owned { job, entries } => self.on_owned(job, entries),
                 EgressCmd::Request { request_id } => {
                     tracing::info!(request_id, "resync: asking the peer for its table");
+                    // Our features first: the peer serving the request then knows
+                    // at once whether we decode expectations (else it waits for
+                    // them, up to HELLO_WAIT).
+                    self.e.sender.queue_hello();
                     self.e.sender.queue(Control::ResyncRequest(ResyncRequest {
                         target: 0,
                         request_id,
