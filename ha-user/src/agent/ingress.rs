@@ -486,33 +486,15 @@ impl Loop {
         if self.changes.is_empty() {
             return;
         }
-        // The peer's entries are marked as the peer's before the kernel holds them,
-        // and unmarked only once it no longer does: a table dump taken meanwhile on
-        // another thread (a resync, a digest) must never see one of them as ours.
-        // Marked the other way round, a dump that fell between the two steps served
-        // the peer's entries back to it as this node's; the peer then held them as
-        // ours and deleted them as stale after a repair (seen in a test: a primary
-        // lost 402 of its own connections).
         for change in &mut self.changes {
             if let Change::Upsert { entry, .. } = change {
                 entry.timeout = replica_lifetime(entry.timeout);
-                self.i.replica.insert(&entry.key());
             }
         }
-        self.i.installer.install(&self.changes);
-        // From the first deletion on, the marks follow the changes in order, so a key
-        // deleted and then created again in the same batch stays the peer's.
-        let mut deleted = false;
-        for change in &self.changes {
-            match change {
-                Change::Delete(key) => {
-                    self.i.replica.remove(key);
-                    deleted = true;
-                }
-                Change::Upsert { entry, .. } if deleted => self.i.replica.insert(&entry.key()),
-                Change::Upsert { .. } => {}
-            }
-        }
+        let installer = &mut self.i.installer;
+        self.i
+            .replica
+            .apply(&self.changes, |c| installer.install(c));
         self.changes.clear();
     }
 

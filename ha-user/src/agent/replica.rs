@@ -25,7 +25,7 @@ use std::{
     },
 };
 
-use crate::conntrack::Key;
+use crate::conntrack::{Change, Key};
 
 type Fingerprints = HashSet<u64, BuildHasherDefault<IdentityHasher>>;
 
@@ -124,6 +124,34 @@ impl ReplicaSet {
         }
     }
 
+    /// Applies the peer's `changes` with `install`, so that a table dump taken on
+    /// another thread meanwhile never sees one of the peer's entries as ours: keys are
+    /// marked before the kernel holds them, and unmarked only once it no longer does.
+    /// (Marked after the install, a dump that fell in between served the peer's
+    /// entries back to it as ours; the peer then held them as ours and deleted them as
+    /// stale after a repair.) From the first deletion on, the marks follow the changes
+    /// in order, so a key deleted and created again in one batch stays marked.
+    pub fn apply<R>(&self, changes: &[Change], install: impl FnOnce(&[Change]) -> R) -> R {
+        for change in changes {
+            if let Change::Upsert { entry, .. } = change {
+                self.insert(&entry.key());
+            }
+        }
+        let result = install(changes);
+        let mut deleted = false;
+        for change in changes {
+            match change {
+                Change::Delete(key) => {
+                    self.remove(key);
+                    deleted = true;
+                }
+                Change::Upsert { entry, .. } if deleted => self.insert(&entry.key()),
+                Change::Upsert { .. } => {}
+            }
+        }
+        result
+    }
+
     /// Forgets `key`; true if it was the peer's.
     pub fn remove(&self, key: &Key) -> bool {
         if self.len.load(Ordering::Relaxed) == 0 {
@@ -205,6 +233,60 @@ mod tests {
         Key {
             orig: t,
             zone: Zone::DEFAULT,
+        }
+    }
+
+    fn upsert(port: u16) -> Change {
+        let orig = key(port).orig;
+        Change::Upsert {
+            entry: crate::conntrack::Entry {
+                orig,
+                reply: orig.swapped(),
+                status: 0,
+                timeout: 30,
+                mark: 0,
+                zone: Zone::DEFAULT,
+                proto: crate::conntrack::ProtoInfo::None,
+                labels: None,
+            },
+            new: true,
+        }
+    }
+
+    #[test]
+    fn the_peers_entries_are_marked_before_the_install_and_unmarked_after_it() {
+        let set = ReplicaSet::new();
+        set.insert(&key(9));
+        let changes = [upsert(1), upsert(2), Change::Delete(key(9))];
+        set.apply(&changes, |_| {
+            // What a dump on another thread would see while the kernel installs.
+            assert!(set.contains(&key(1)) && set.contains(&key(2)));
+            assert!(
+                set.contains(&key(9)),
+                "still in the kernel: still the peer's"
+            );
+        });
+        assert!(set.contains(&key(1)) && set.contains(&key(2)));
+        assert!(!set.contains(&key(9)));
+    }
+
+    #[test]
+    fn the_last_change_of_a_key_in_a_batch_decides_its_mark() {
+        let set = ReplicaSet::new();
+        let cases: [(&[Change], bool); 4] = [
+            (&[upsert(1), Change::Delete(key(1))], false),
+            (&[Change::Delete(key(1)), upsert(1)], true),
+            (&[upsert(1), Change::Delete(key(1)), upsert(1)], true),
+            (
+                &[Change::Delete(key(2)), upsert(1), Change::Delete(key(1))],
+                false,
+            ),
+        ];
+        for (changes, marked) in cases {
+            set.clear();
+            let installed = set.apply(changes, |c| c.len());
+            assert_eq!(installed, changes.len(), "the install's result is returned");
+            assert_eq!(set.contains(&key(1)), marked, "{changes:?}");
         }
     }
 
