@@ -92,7 +92,7 @@ impl DelayQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::conntrack::{Entry, ProtoInfo, Tuple, Zone, proto};
+    use crate::conntrack::{Entry, ProtoInfo, Tuple, proto};
 
     fn entry(port: u16, state: u8) -> Entry {
         let orig = Tuple::new(
@@ -103,18 +103,12 @@ mod tests {
             80,
         );
         Entry {
-            orig,
-            reply: orig.swapped(),
-            status: 0,
-            timeout: 30,
-            mark: 0,
-            zone: Zone::DEFAULT,
             proto: ProtoInfo::Tcp {
                 state,
                 wscale: [0; 2],
                 flags: [0; 2],
             },
-            labels: None,
+            ..Entry::plain(orig)
         }
     }
 

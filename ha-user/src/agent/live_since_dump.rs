@@ -65,7 +65,7 @@ fn key_of(change: &Change) -> Key {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::conntrack::{Entry, ProtoInfo, Tuple, Zone, proto};
+    use crate::conntrack::{Entry, Tuple, proto};
 
     fn udp_entry(port: u16) -> Entry {
         let orig = Tuple::new(
@@ -75,16 +75,7 @@ mod tests {
             "10.0.0.2".parse().unwrap(),
             53,
         );
-        Entry {
-            orig,
-            reply: orig.swapped(),
-            status: 0,
-            timeout: 30,
-            mark: 0,
-            zone: Zone::DEFAULT,
-            proto: ProtoInfo::None,
-            labels: None,
-        }
+        Entry::plain(orig)
     }
 
     fn upsert(port: u16) -> Change {

@@ -239,16 +239,7 @@ mod tests {
     fn upsert(port: u16) -> Change {
         let orig = key(port).orig;
         Change::Upsert {
-            entry: crate::conntrack::Entry {
-                orig,
-                reply: orig.swapped(),
-                status: 0,
-                timeout: 30,
-                mark: 0,
-                zone: Zone::DEFAULT,
-                proto: crate::conntrack::ProtoInfo::None,
-                labels: None,
-            },
+            entry: crate::conntrack::Entry::plain(orig),
             new: true,
         }
     }

@@ -285,20 +285,11 @@ impl SyncState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::conntrack::{ProtoInfo, Tuple, Zone, proto};
+    use crate::conntrack::{Tuple, proto};
 
     fn entry(src: &str, dst: &str) -> Entry {
         let orig = Tuple::new(proto::UDP, src.parse().unwrap(), 1, dst.parse().unwrap(), 2);
-        Entry {
-            orig,
-            reply: orig.swapped(),
-            status: 0,
-            timeout: 30,
-            mark: 0,
-            zone: Zone::DEFAULT,
-            proto: ProtoInfo::None,
-            labels: None,
-        }
+        Entry::plain(orig)
     }
 
     #[test]

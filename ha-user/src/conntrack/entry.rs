@@ -210,6 +210,24 @@ pub struct Entry {
     pub labels: Option<[u8; 16]>,
 }
 
+/// A plain entry for unit tests: `orig` and its mirror as the reply, 30 s left, no
+/// NAT, mark, zone, protocol state or labels.
+#[cfg(test)]
+impl Entry {
+    pub(crate) fn plain(orig: Tuple) -> Entry {
+        Entry {
+            orig,
+            reply: orig.swapped(),
+            status: 0,
+            timeout: 30,
+            mark: 0,
+            zone: Zone::DEFAULT,
+            proto: ProtoInfo::None,
+            labels: None,
+        }
+    }
+}
+
 impl Entry {
     /// The identity of this entry in a kernel table.
     pub fn key(&self) -> Key {
