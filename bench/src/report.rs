@@ -900,7 +900,10 @@ pub fn markdown(r: &Results, m: &Meta) -> (String, Option<String>) {
              50,000 new UDP flows/s for 3 s through fw-a; from 1 s to 2 s fw-b's end of the sync link \
              is down. Recovery = from the link coming back until the backup holds every flow fw-a \
              created (hasync: fw-b's kernel, by tuple; conntrackd: its external cache, by count), \
-             while the last second of traffic still comes in. Given up 60 s after the link came back.\n\n",
+             while the last second of traffic still comes in, so it cannot be below ~1 s; the row \
+             after it counts from the last flow sent (0: the backup had every flow by then). The \
+             backup's count is sampled every 20 ms from before the link comes back. Given up 60 s \
+             after the link came back.\n\n",
         );
         let get = |sys: System| o.systems.iter().find(|(s, _)| *s == sys).map(|(_, v)| v);
         let (h, d, t) = (get(S_H), get(S_D), get(S_T));
@@ -912,6 +915,14 @@ pub fn markdown(r: &Results, m: &Meta) -> (String, Option<String>) {
             cell(t.map(|v| &v.recovery_s), 1.0, 2),
             ratio(h.map(|v| &v.recovery_s), d.map(|v| &v.recovery_s)),
             ratio(h.map(|v| &v.recovery_s), t.map(|v| &v.recovery_s)),
+        ]);
+        tb.row(&[
+            "… of which after the last flow was sent, s".into(),
+            cell(h.map(|v| &v.after_traffic_s), 1.0, 2),
+            cell(d.map(|v| &v.after_traffic_s), 1.0, 2),
+            cell(t.map(|v| &v.after_traffic_s), 1.0, 2),
+            ratio(h.map(|v| &v.after_traffic_s), d.map(|v| &v.after_traffic_s)),
+            ratio(h.map(|v| &v.after_traffic_s), t.map(|v| &v.after_traffic_s)),
         ]);
         let recovered = |v: Option<&crate::measure::outage::SystemOutage>| {
             v.map_or("—".into(), |v| {
