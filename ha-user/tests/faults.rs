@@ -224,6 +224,62 @@ fn lossy_reordering_duplicating_link_converges() {
     assert!(metric(&ma, "sync_retransmits_total", "") > 0.0, "{ma}");
 }
 
+/// B's end of the sync link goes down while A creates 40,000 flows, then comes back:
+/// B ends with A's table through NACKs and retransmission alone, without asking for
+/// the full table again (the sender keeps, and the receiver tracks, enough datagrams
+/// for a short link flap).
+#[test]
+fn sync_link_outage_is_repaired_by_retransmission() {
+    let lab = lab("outg");
+    let _a = Agent::start(
+        &lab.fw_a.ns,
+        "fw-a",
+        &node_config("primary", SYNC_B, SECRET, ""),
+    );
+    let _b = Agent::start(
+        &lab.fw_b.ns,
+        "fw-b",
+        &node_config("replica", SYNC_A, SECRET, ""),
+    );
+    flows(&lab, 40000..40001, 10000..12000);
+    wait_tables_equal(&lab.fw_a, &lab.fw_b, 2000, Duration::from_secs(30));
+    let syncs_before = wait_metric(
+        &lab.fw_b.ns,
+        "full_syncs_total",
+        "",
+        1.0,
+        Duration::from_secs(10),
+    );
+    lab.fw_b.ns.ip(&["link", "set", "sync0", "down"]).unwrap();
+    // ~1 s of a light stream (groups of 8 flows 150 us apart): many small datagrams,
+    // as adaptive batching sends them at moderate rates.
+    for sport in 40001..40021 {
+        for first in (10000..12000).step_by(8) {
+            flows(&lab, sport..sport + 1, first..first + 8);
+            std::thread::sleep(Duration::from_micros(150));
+        }
+    }
+    lab.fw_b.ns.ip(&["link", "set", "sync0", "up"]).unwrap();
+    // A new flow after the outage shows B the gap at once (an ALIVE would within 1 s).
+    flows(&lab, 40021..40022, 10000..10001);
+    wait_tables_equal(&lab.fw_a, &lab.fw_b, 42_001, Duration::from_secs(60));
+    // Every lost datagram retransmitted (the last may be an ALIVE with no entries).
+    let mb = testkit::wait_for(Duration::from_secs(10), "B repaired every gap", || {
+        let mb = metrics(&lab.fw_b.ns);
+        let lost = metric(&mb, "sync_lost_datagrams_total", "");
+        (metric(&mb, "sync_repaired_datagrams_total", "") == lost).then_some(mb)
+    })
+    .unwrap_or_else(|e| panic!("{e}; metrics:\n{}", metrics(&lab.fw_b.ns)));
+    let lost = metric(&mb, "sync_lost_datagrams_total", "");
+    println!("outage: {lost} datagrams lost and repaired");
+    assert!(lost > 100.0, "the outage lost little: {mb}");
+    assert_eq!(
+        metric(&mb, "full_syncs_total", ""),
+        syncs_before,
+        "no bulk resync was needed: {mb}"
+    );
+}
+
 /// B's agent is killed while A creates flows and started again: it asks for the full
 /// table and ends equal to A.
 #[test]
