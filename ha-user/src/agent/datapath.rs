@@ -306,6 +306,10 @@ pub(super) fn normal_scheduling() {
     unsafe { libc::sched_setscheduler(0, libc::SCHED_OTHER, &param) };
 }
 
+/// Losses beyond repair are reported gap by gap, within a few ms of each other: one
+/// request covers them all.
+const LOSS_COALESCE: Duration = Duration::from_millis(25);
+
 /// Asks the peer for its full table until one arrives intact (a node that starts or
 /// rejoins has nothing, or a stale copy; a table that lost updates beyond repair).
 /// With a TLS channel (`primary_addr`) each new request, and `hasync resync`, goes
@@ -318,12 +322,22 @@ async fn request_resync(
     mut manual: mpsc::UnboundedReceiver<u32>,
 ) {
     let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let mut completeness = state.subscribe();
     // Runs for the agent's life: a table found incomplete later (datagrams lost
     // beyond repair) is asked for again.
     loop {
         let asked = tokio::select! {
             _ = tick.tick() => None,
             Some(id) = manual.recv() => Some(id),
+            // Found incomplete: ask at once, not at the next tick (up to 0.5 s later),
+            // once the rest of the same loss has had a moment to be found too.
+            Ok(()) = completeness.changed() => {
+                if !*completeness.borrow() {
+                    tokio::time::sleep(LOSS_COALESCE).await;
+                }
+                completeness.borrow_and_update();
+                None
+            }
         };
         let pending = state.pending_request.load(Ordering::Relaxed);
         let (request_id, fresh) = if let Some(id) = asked {
