@@ -404,3 +404,42 @@ fn hold_entries_found_at_start(replica: &ReplicaSet, sync_peers: &[IpAddr]) {
         ),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Virtual time: the request task's 0.5 s tick would ask 0.4 s after this loss.
+    #[tokio::test(start_paused = true)]
+    async fn a_table_found_incomplete_is_asked_for_at_once() {
+        let state = Arc::new(SyncState::default());
+        state.completed(0);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let poll = Poll::new().unwrap();
+        let waker = Arc::new(Waker::new(poll.registry(), mio::Token(0)).unwrap());
+        let (_manual, manual_rx) = mpsc::unbounded_channel();
+        tokio::spawn(request_resync(state.clone(), tx, waker, None, manual_rx));
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert!(rx.try_recv().is_err(), "complete: nothing to ask for");
+
+        let lost_at = tokio::time::Instant::now();
+        state.mark_incomplete();
+        // More of the same loss found a moment later: still one request.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        state.mark_incomplete();
+        let asked = loop {
+            if let Ok(cmd) = rx.try_recv() {
+                break cmd;
+            }
+            assert!(
+                lost_at.elapsed() < Duration::from_millis(100),
+                "no request within 100 ms of the loss"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        };
+        assert!(matches!(asked, EgressCmd::Request { .. }), "{asked:?}");
+        assert!(lost_at.elapsed() >= LOSS_COALESCE);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(rx.try_recv().is_err(), "one request for one loss");
+    }
+}
