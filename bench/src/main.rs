@@ -193,7 +193,7 @@ fn run() -> Result<()> {
         part(&mut ctx, "failover", r);
     }
     if want(Part::Auth) {
-        let r = auth::run(&mut ctx).map(|v| results.auth = Some(v));
+        let r = auth::run(&mut ctx, results.ceiling.as_ref()).map(|v| results.auth = Some(v));
         part(&mut ctx, "auth", r);
     }
     if want(Part::Outage) {

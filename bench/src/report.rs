@@ -867,8 +867,9 @@ pub fn markdown(r: &Results, m: &Meta) -> (String, Option<String>) {
              AES-256-GCM-SIV tag replaces it and the payload is encrypted: the primary encrypts, the \
              backup decrypts in place (timed with a copy of the datagram). Timed in-process with \
              hasync's `SyncKey` (median of the repetitions, ns per datagram), then per 1,000 events \
-             with the events per datagram of section 2's first repetition at 20k/s and at the \
-             ceiling. hasync has no unauthenticated mode; the CPU figures of section 4 include the \
+             with the events per datagram hasync sent in section 2's first repetition at 20k/s and \
+             at its last lossless step (without section 2 in the run: 2.9 and 11.4 from an earlier \
+             run). hasync has no unauthenticated mode; the CPU figures of section 4 include the \
              HMAC (the bench runs without encryption), so \"without\" is those figures minus it. \
              conntrackd's sync traffic is neither authenticated (only a checksum) nor encrypted.\n\n\
              | datagram | events per datagram | sign ns | verify ns | HMAC CPU ms per 1,000 events, primary / backup | encrypt ns | decrypt ns | encryption CPU ms per 1,000 events, primary / backup |\n\
