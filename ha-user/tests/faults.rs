@@ -21,7 +21,8 @@ use hasync::{
     sync::{Sender, SenderConfig, SyncKey},
 };
 use support::{
-    Agent, forwarded, metric, metrics, node_config, udp_flows, wait_metric, wait_tables_equal,
+    Agent, forwarded, metric, metrics, node_config, start_pair, udp_flows, wait_metric,
+    wait_tables_equal,
 };
 use testkit::lab::{CLIENT_IP, Lab, LabOptions, SERVER_IP, SYNC_A, SYNC_B};
 
@@ -231,16 +232,7 @@ fn lossy_reordering_duplicating_link_converges() {
 #[test]
 fn sync_link_outage_is_repaired_by_retransmission() {
     let lab = lab("outg");
-    let _a = Agent::start(
-        &lab.fw_a.ns,
-        "fw-a",
-        &node_config("primary", SYNC_B, SECRET, ""),
-    );
-    let _b = Agent::start(
-        &lab.fw_b.ns,
-        "fw-b",
-        &node_config("replica", SYNC_A, SECRET, ""),
-    );
+    let (_a, _b) = start_pair(&lab, SECRET, SECRET);
     flows(&lab, 40000..40001, 10000..12000);
     wait_tables_equal(&lab.fw_a, &lab.fw_b, 2000, Duration::from_secs(30));
     let syncs_before = wait_metric(
@@ -285,16 +277,7 @@ fn sync_link_outage_is_repaired_by_retransmission() {
 #[test]
 fn peer_restarted_mid_traffic_converges() {
     let lab = lab("rstb");
-    let _a = Agent::start(
-        &lab.fw_a.ns,
-        "fw-a",
-        &node_config("primary", SYNC_B, SECRET, ""),
-    );
-    let mut b = Agent::start(
-        &lab.fw_b.ns,
-        "fw-b",
-        &node_config("replica", SYNC_A, SECRET, ""),
-    );
+    let (_a, mut b) = start_pair(&lab, SECRET, SECRET);
     let started = Instant::now();
     let mut restarted = None;
     let mut sport = 40000u16;

@@ -7,8 +7,8 @@ mod support;
 use std::{net::SocketAddr, time::Duration};
 
 use support::{
-    Agent, forwarded, metric, metrics, node_config, tcp_connections, tcp_server, udp_flows,
-    wait_metric, wait_tables_equal,
+    Agent, forwarded, metric, metrics, node_config, start_pair, tcp_connections, tcp_server,
+    udp_flows, wait_metric, wait_tables_equal,
 };
 use testkit::lab::{CLIENT_IP, CLIENT_IP6, Lab, LabOptions, SERVER_IP, SERVER_IP6, SYNC_A, SYNC_B};
 
@@ -46,24 +46,10 @@ fn lab(prefix: &str) -> Lab {
     lab
 }
 
-fn start_pair(lab: &Lab, secret_b: &str) -> (Agent, Agent) {
-    let a = Agent::start(
-        &lab.fw_a.ns,
-        "fw-a",
-        &node_config("primary", SYNC_B, SECRET, ""),
-    );
-    let b = Agent::start(
-        &lab.fw_b.ns,
-        "fw-b",
-        &node_config("replica", SYNC_A, secret_b, ""),
-    );
-    (a, b)
-}
-
 #[test]
 fn peer_table_equals_primary_table() {
     let lab = lab("e2e");
-    let (a, b) = start_pair(&lab, SECRET);
+    let (a, b) = start_pair(&lab, SECRET, SECRET);
     let server: SocketAddr = format!("{SERVER_IP}:8080").parse().unwrap();
     let srv = tcp_server(&lab.server, server, 1000);
     // An echo for UDP 7000 so some flows see replies (SEEN_REPLY / ASSURED updates).
@@ -212,7 +198,7 @@ fn peer_table_equals_primary_table() {
 #[test]
 fn wrong_key_installs_nothing_and_counts_rejects() {
     let lab = lab("wkey");
-    let (a, b) = start_pair(&lab, "a-different-secret");
+    let (a, b) = start_pair(&lab, SECRET, "a-different-secret");
     let client: std::net::IpAddr = CLIENT_IP.parse().unwrap();
     udp_flows(
         &lab.client,
@@ -302,7 +288,7 @@ fn refreshed_while_alive_and_gone_after() {
             .sysctl("net.netfilter.nf_conntrack_udp_timeout", "4")
             .unwrap();
     }
-    let (_a, _b) = start_pair(&lab, SECRET);
+    let (_a, _b) = start_pair(&lab, SECRET, SECRET);
     let echo = lab
         .server
         .enter(|| std::net::UdpSocket::bind(format!("{SERVER_IP}:7000")).unwrap())
@@ -355,7 +341,7 @@ fn refreshed_while_alive_and_gone_after() {
 #[test]
 fn replica_expiry_is_not_reported_back() {
     let lab = lab("rexp");
-    let (_a, _b) = start_pair(&lab, SECRET);
+    let (_a, _b) = start_pair(&lab, SECRET, SECRET);
     let client = lab
         .client
         .enter(|| std::net::UdpSocket::bind(format!("{CLIENT_IP}:41235")).unwrap())
@@ -648,7 +634,7 @@ fn connect_from(local: SocketAddr, server: SocketAddr) -> std::net::TcpStream {
 fn reopened_connections_stay_on_the_peer() {
     use std::io::{Read, Write};
     let lab = lab("reo");
-    let (_a, _b) = start_pair(&lab, SECRET);
+    let (_a, _b) = start_pair(&lab, SECRET, SECRET);
     let server: SocketAddr = format!("{SERVER_IP}:8081").parse().unwrap();
     let rounds = 300u16;
     let srv = tcp_server(&lab.server, server, rounds as usize * 2);

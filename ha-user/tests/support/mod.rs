@@ -13,7 +13,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use testkit::{CtLine, NetNs, ProcessGuard, conntrack_list, lab::Firewall, wait_for};
+use testkit::{
+    CtLine, NetNs, ProcessGuard, conntrack_list,
+    lab::{Firewall, Lab, SYNC_A, SYNC_B},
+    wait_for,
+};
 
 /// A running agent; killed on drop. Its log is kept in a file and printed on failure.
 pub struct Agent {
@@ -53,6 +57,22 @@ agent {{
             .join("hasync.sock")
             .display()
     )
+}
+
+/// fw-a as primary and fw-b as replica with the default test config and these
+/// secrets (multicast on sync0), both ready.
+pub fn start_pair(lab: &Lab, secret_a: &str, secret_b: &str) -> (Agent, Agent) {
+    let a = Agent::start(
+        &lab.fw_a.ns,
+        "fw-a",
+        &node_config("primary", SYNC_B, secret_a, ""),
+    );
+    let b = Agent::start(
+        &lab.fw_b.ns,
+        "fw-b",
+        &node_config("replica", SYNC_A, secret_b, ""),
+    );
+    (a, b)
 }
 
 impl Agent {
