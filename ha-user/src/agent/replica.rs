@@ -117,12 +117,7 @@ impl ReplicaSet {
     /// The peer's entry was installed here.
     #[cfg(test)]
     pub fn insert(&self, key: &Key) {
-        let f = self.fingerprint(key);
-        self.known(f);
-        if let Ok(mut keys) = self.keys.lock() {
-            keys.insert(f);
-            self.len.store(keys.len(), Ordering::Relaxed);
-        }
+        self.mark(std::iter::once((*key, true)));
     }
 
     /// Applies the peer's `changes` with `install`, so that a table dump taken on
